@@ -4,6 +4,12 @@ import pytest
 
 from lightweight import checks
 from lightweight.checks import ch00
+
+
+def run(check, fn):
+    """Run a check and return the result it recorded."""
+    assert check(fn) is None
+    return checks.RESULTS[-1]
 from lightweight.models import GPTConfig, TinyGPT
 from lightweight.measure import count_parameters
 
@@ -14,17 +20,17 @@ def demo(fn):
 
 
 def test_statuses_and_messages(capsys):
-    assert demo(lambda x: 2 * x).status == "pass"
-    r = demo(lambda x: x + 1)
+    assert run(demo, lambda x: 2 * x).status == "pass"
+    r = run(demo, lambda x: x + 1)
     assert r.status == "fail" and "mong đợi 4" in r.message and "nhân đôi" in r.message
 
     def todo(x):
         raise NotImplementedError()
 
-    assert demo(todo).status == "not attempted"
-    r = demo(lambda x: 1 / 0)
+    assert run(demo, todo).status == "not attempted"
+    r = run(demo, lambda x: 1 / 0)
     assert r.status == "error" and "ZeroDivisionError" in r.message
-    r = demo(lambda x: "4")
+    r = run(demo, lambda x: "4")
     assert r.status == "fail" and "cần một con số" in r.message
     out = capsys.readouterr().out
     assert "Traceback" not in out and out.count("[demo]") == 5
@@ -39,10 +45,10 @@ def memory_gb(n, fmt):
 
 
 def test_ch00_right_answers_pass():
-    assert ch00.memory_gb(memory_gb)
-    assert ch00.fits(lambda n, f, ram: memory_gb(n, f) <= 0.7 * ram)
-    assert ch00.gpt_params(lambda v, t, L, c: 2 * v * c + t * c + L * (12 * c * c + 13 * c) + 2 * c)
-    assert ch00.bits_per_char(lambda loss: loss / math.log(2))
+    assert run(ch00.memory_gb, memory_gb).passed
+    assert run(ch00.fits, lambda n, f, ram: memory_gb(n, f) <= 0.7 * ram).passed
+    assert run(ch00.gpt_params, lambda v, t, L, c: 2 * v * c + t * c + L * (12 * c * c + 13 * c) + 2 * c).passed
+    assert run(ch00.bits_per_char, lambda loss: loss / math.log(2)).passed
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -51,14 +57,15 @@ def test_ch00_right_answers_pass():
     (lambda n, f: n * max(BITS[f], 8) / 8 / 1e9, "nửa byte"),
 ])
 def test_ch00_memory_mistakes_get_hints(fn, hint):
-    r = ch00.memory_gb(fn)
+    r = run(ch00.memory_gb, fn)
     assert r.status == "fail" and hint in r.message
 
 
 def test_ch00_fits_mistake_gets_hint():
-    r = ch00.fits(lambda n, f, ram: memory_gb(n, f) <= ram)
+    r = run(ch00.fits, lambda n, f, ram: memory_gb(n, f) <= ram)
     assert r.status == "fail" and "70%" in r.message
-    assert ch00.fits(lambda n, f, ram: 1).status == "fail"
+    r = run(ch00.fits, lambda n, f, ram: 1)
+    assert r.status == "fail" and "bool" in r.message
 
 
 @pytest.mark.parametrize("missing, hint", [("bias", "LayerNorm"), ("head", "head"), ("pos", "vị trí")])
@@ -67,7 +74,7 @@ def test_ch00_gpt_params_mistakes_get_hints(missing, hint):
         total = 2 * v * c + t * c + L * (12 * c * c + 13 * c) + 2 * c
         return total - {"bias": L * 13 * c, "head": v * c, "pos": t * c}[missing]
 
-    r = ch00.gpt_params(fn)
+    r = run(ch00.gpt_params, fn)
     assert r.status == "fail" and hint in r.message
 
 
@@ -78,5 +85,5 @@ def test_ch00_gpt_formula_matches_the_model():
 
 
 def test_ch00_bits_mistake():
-    r = ch00.bits_per_char(lambda loss: loss / math.log(10))
+    r = run(ch00.bits_per_char, lambda loss: loss / math.log(10))
     assert r.status == "fail" and "ln 10" in r.message

@@ -6,8 +6,9 @@ the student's code with :func:`expect` / :func:`expect_close` and is wrapped by 
     @exercise("ch00.memory", "Bộ nhớ của trọng số")
     def memory(fn): ...
 
-Calling it prints one line — ✅ success, ❌ what is wrong and what to try, or ⏳ not attempted —
-and returns a :class:`CheckResult`, which is also recorded in :data:`RESULTS` for graders.
+Calling it prints one line — ✅ success, ❌ what is wrong and what to try, ⏳ not attempted, or
+💥 the student's code crashed — and records a :class:`CheckResult` in :data:`RESULTS` for graders.
+It returns nothing, so that a notebook cell ending with a check shows only that line.
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def expect_close(actual: object, expected: float, what: str, rel: float = 1e-6, 
 _ICONS = {"pass": "✅", "fail": "❌", "not attempted": "⏳", "error": "💥"}
 
 
-def exercise(exercise_id: str, title: str) -> Callable[[Callable[..., None]], Callable[..., CheckResult]]:
+def exercise(exercise_id: str, title: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Turn a check body into a student-facing check that prints one line and returns a result."""
 
-    def wrap(body: Callable[..., None]) -> Callable[..., CheckResult]:
+    def wrap(body: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(body)
-        def run(*args, **kwargs) -> CheckResult:
+        def run(*args, **kwargs) -> None:
             try:
                 body(*args, **kwargs)
                 result = CheckResult(exercise_id, "pass", f"{title}: đúng rồi!")
@@ -76,7 +77,6 @@ def exercise(exercise_id: str, title: str) -> Callable[[Callable[..., None]], Ca
                 result = CheckResult(exercise_id, "error", f"{title}: hàm của bạn gây lỗi {type(e).__name__}: {e}")
             RESULTS.append(result)
             print(f"{_ICONS[result.status]} [{exercise_id}] {result.message}")
-            return result
 
         return run
 

@@ -41,7 +41,7 @@ def fits(fn: Callable[[float, str, float], bool]) -> None:
     ]
     for n, fmt, ram, ok in cases:
         got = fn(n, fmt, ram)
-        expect(isinstance(got, bool), f"hàm cần trả về True/False, nhưng trả về {type(got).__name__}.")
+        expect(isinstance(got, bool), f"hàm cần trả về bool của Python (True/False), nhưng trả về {type(got).__name__}; thử bọc kết quả trong bool(...).")
         if got != ok:
             need = n * FORMAT_BYTES[fmt] / 1e9
             hint = " Đừng quên chỉ 70% RAM dành được cho trọng số." if need <= ram else ""
@@ -59,7 +59,7 @@ def gpt_params(fn: Callable[[int, int, int, int], int]) -> None:
         hints = {
             n_layer * 13 * c: "bạn quên các bias và tham số LayerNorm trong mỗi khối (13·C mỗi khối).",
             v * c: "đầu ra (head) không chia sẻ trọng số với embedding: cần thêm V·C.",
-            t * c: "bạn quên embedding vị trí (block_size·C).",
+            t * c: "bạn quên bảng nhúng vị trí pos_emb (block_size·C).",
             2 * c: "bạn quên LayerNorm cuối cùng (2·C).",
         }
         expect(diff == 0, f"với V={v}, T={t}, L={n_layer}, C={c}: mô hình thật có {real:,} tham số, "
