@@ -6,7 +6,7 @@
 In a code cell, the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` become
 ``# YOUR CODE HERE`` / ``raise NotImplementedError()`` at the marker's indentation; in a markdown
 cell they become ``YOUR ANSWER HERE``. Outputs and execution counts are cleared; cell metadata
-(exercise ids, points) is kept.
+(exercise ids, points) is kept. A title ``# ... (lời giải)`` becomes ``# ... (bài thực hành)``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+SOLUTION_TITLE, LAB_TITLE = "(lời giải)", "(bài thực hành)"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,6 +57,9 @@ def make_lab(notebook: dict) -> dict:
         src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
         if BEGIN in src or END in src:
             src = strip_solution(src, cell["cell_type"])
+        if cell["cell_type"] == "markdown" and src.startswith("# "):
+            title, _, rest = src.partition("\n")
+            src = title.replace(SOLUTION_TITLE, LAB_TITLE) + ("\n" + rest if rest else "")
         cell["source"] = src
         if cell["cell_type"] == "code":
             cell["outputs"] = []

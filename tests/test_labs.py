@@ -21,6 +21,12 @@ def test_bad_markers_are_refused(src):
         strip_solution(src, "code")
 
 
+def test_make_lab_renames_the_title_only():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Chương 9 (lời giải)\nxem (lời giải) cũ")])
+    lab = make_lab(json.loads(nbformat.writes(nb)))
+    assert lab["cells"][0]["source"] == "# Chương 9 (bài thực hành)\nxem (lời giải) cũ"
+
+
 def test_make_lab_clears_outputs_and_keeps_metadata():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = 1\n{BEGIN}\ny = 2\n{END}")])
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="hi")]
