@@ -87,3 +87,33 @@ def test_ch00_gpt_formula_matches_the_model():
 def test_ch00_bits_mistake():
     r = run(ch00.bits_per_char, lambda loss: loss / math.log(10))
     assert r.status == "fail" and "ln 10" in r.message
+
+
+def test_ch02_right_answers_pass_and_typical_mistakes_get_hints():
+    import torch
+
+    from lightweight import prune as P
+    from lightweight.checks import ch02
+
+    right = [(ch02.magnitude_mask, P.magnitude_mask), (ch02.global_masks, P.global_magnitude_masks),
+             (ch02.cubic_sparsity, P.cubic_sparsity),
+             (ch02.bitmask_bytes, lambda w: int((w != 0).sum()) * 4 + math.ceil(w.numel() / 8)),
+             (ch02.nm_mask, P.nm_mask), (ch02.keep_channels, P.l1_keep_channels), (ch02.wanda_mask, P.wanda_mask)]
+    for check, fn in right:
+        assert run(check, fn).passed, check.__name__
+    mistakes = [
+        (ch02.magnitude_mask, lambda w, s: ~P.magnitude_mask(w, 1 - s), "nhỏ nhất"),
+        (ch02.magnitude_mask, lambda w, s: P.magnitude_mask(w, s).float(), "torch.bool"),
+        (ch02.global_masks, lambda ws, s: {k: P.magnitude_mask(v, s) for k, v in ws.items()}, "trong từng lớp"),
+        (ch02.cubic_sparsity, lambda st, t, f: f * min(st, t) / t, "tuyến tính"),
+        (ch02.bitmask_bytes, lambda w: int((w != 0).sum()) * 4 + w.numel(), "1 *bit*"),
+        (ch02.bitmask_bytes, lambda w: int((w != 0).sum()) * 4 + w.numel() // 8, "làm tròn lên"),
+        (ch02.nm_mask, lambda w: P.nm_mask(w.T.contiguous()).T, "theo cột"),
+        (ch02.keep_channels, lambda w, k: w.flatten(1).norm(dim=1).topk(k).indices.sort().values, "L2"),
+        (ch02.keep_channels, lambda w, k: P.l1_keep_channels(w, k).flip(0), "sắp xếp"),
+        (ch02.wanda_mask, lambda w, n, s: P.row_mask(w.abs(), s), "|W|"),
+        (ch02.wanda_mask, lambda w, n, s: P.magnitude_mask(w.abs() * n, s), "từng hàng"),
+    ]
+    for check, fn, hint in mistakes:
+        r = run(check, fn)
+        assert r.status == "fail" and hint in r.message, (check.__name__, r.message)
