@@ -109,7 +109,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def _load_registrations() -> None:
-    from . import bench_baseline  # noqa: F401  (registers "baseline")
+    from . import bench_baseline, bench_pruning  # noqa: F401  (each registers its chapter)
 
 
 def main(argv: list[str] | None = None) -> int:
