@@ -85,13 +85,13 @@ def machine() -> str:
 
 def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
     """Run the benchmarks of ``chapters`` (registered ones only) with a progress bar."""
-    _load_registrations()
+    registry = _registry()
     missing = [c for c in chapters if c not in CHAPTERS]
     if missing:
         raise ValueError(f"unknown chapters {missing}; expected some of {CHAPTERS}")
     rows: list[dict] = []
-    for chapter in tqdm([c for c in chapters if c in REGISTRY], desc="benchmarks"):
-        rows += REGISTRY[chapter](ctx)
+    for chapter in tqdm([c for c in chapters if c in registry], desc="benchmarks"):
+        rows += registry[chapter](ctx)
     return rows
 
 
@@ -108,8 +108,13 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_registrations() -> None:
+def _registry() -> dict[str, Callable[[BenchContext], list[dict]]]:
+    """The chapters' benchmarks. They register into the module ``lightweight.bench``, which is not
+    this module object when it runs as ``python -m lightweight.bench`` (then it is ``__main__``)."""
     from . import bench_baseline, bench_pruning  # noqa: F401  (each registers its chapter)
+    from .bench import REGISTRY as registry
+
+    return registry
 
 
 def main(argv: list[str] | None = None) -> int:

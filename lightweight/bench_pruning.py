@@ -17,11 +17,12 @@ from .teachers import load_digits_cnn, load_tinygpt
 from .train import evaluate_lm, predict, train_classifier, train_lm
 
 
-def _bitmask_ratio(model: nn.Module, types: tuple[type, ...]) -> float:
-    """Bytes of the pruned weights stored as bitmask / as dense FP32, over layers of ``types``."""
+def _storage_ratio(model: nn.Module, types: tuple[type, ...], fmt: str = "bitmask") -> float:
+    """Bytes of the pruned weights stored as ``fmt`` (``"bitmask"`` or ``"csr"``) / as dense FP32,
+    over the layers of ``types``."""
     weights = [m.weight.detach().flatten(1) for m in P.prunable_layers(model, types).values()]
     sizes = [P.storage_bytes(w) for w in weights]
-    return sum(s["bitmask"] for s in sizes) / sum(s["dense"] for s in sizes)
+    return sum(s[fmt] for s in sizes) / sum(s["dense"] for s in sizes)
 
 
 @register("pruning")
@@ -36,7 +37,7 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
         P.prune_(m, s, scope="global")
         train_classifier(m, d.x_train, d.y_train, epochs=15, lr=1e-3, seed=0, progress=False)
         rows.append(row("pruning", "magnitude-global-finetuned", "digits-cnn", "accuracy", base_acc, acc(m),
-                        _bitmask_ratio(m, P.PRUNABLE), None, sparsity=s, part="linear"))
+                        _storage_ratio(m, P.PRUNABLE), None, sparsity=s, part="conv+linear"))
     small = P.prune_cnn_channels(cnn, 0.5)
     train_classifier(small, d.x_train, d.y_train, epochs=15, lr=1e-3, seed=0, progress=False)
     x = d.x_test[:256]
@@ -53,7 +54,7 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
     P.prune_(sparse, 0.9, scope="global")
     train_lm(sparse, corpus, steps=25, batch_size=16, lr=5e-4, warmup=5, seed=0, progress=False)
     loss = evaluate_lm(sparse, corpus)
-    csr_ratio = _bitmask_ratio(sparse, (nn.Linear,))
+    csr_ratio = _storage_ratio(sparse, (nn.Linear,), "csr")
     P.to_sparse_execution_(sparse)
     rows.append(row("pruning", "magnitude-global-csr", "tinygpt", "val_loss", base_loss, loss, csr_ratio,
                     speed_ratio(lambda: gpt(tokens), lambda: sparse(tokens), repeats=ctx.repeats)["ratio"],
@@ -73,7 +74,7 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
     for method in ("magnitude", "wanda", "sparsegpt"):
         m = copy.deepcopy(minilm)
         P.prune_oneshot_(m, 0.5, method, lambda: embed(m, cal))
-        fid, size = fidelity(e_ref, m, held), _bitmask_ratio(m, (nn.Linear,))
+        fid, size = fidelity(e_ref, m, held), _storage_ratio(m, (nn.Linear,))
         for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
             rows.append(row("pruning", f"{method}-oneshot", "minilm", metric, 1.0, value, size, None,
                             sparsity=0.5, part="linear"))

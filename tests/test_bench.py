@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -28,9 +29,14 @@ def test_unknown_chapter_is_refused():
         bench.register("speed")
 
 
-def test_baseline_benchmark_writes_rows(tmp_path):
+def test_baseline_benchmark_command_writes_rows(tmp_path):
+    import subprocess
+    import sys
+
     js, md = tmp_path / "rows.json", tmp_path / "rows.md"
-    assert bench.main(["--only", "baseline", "--repeats", "2", "--json", str(js), "--markdown", str(md)]) == 0
+    cmd = [sys.executable, "-m", "lightweight.bench", "--only", "baseline", "--repeats", "2",
+           "--json", str(js), "--markdown", str(md)]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
     data = json.loads(js.read_text())
     rows = {(r["method"], r["model"], r["metric"], r["setting"].get("batch")): r for r in data["rows"]}
     assert rows[("fp32", "digits-cnn", "accuracy", None)]["value"] >= 97.0
