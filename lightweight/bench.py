@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from .train import progress_bar
 CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine")
 MODELS = ("digits-cnn", "tinygpt", "minilm")
 METRICS = ("accuracy", "val_loss", "cosine", "top10")
@@ -90,7 +90,7 @@ def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
     if missing:
         raise ValueError(f"unknown chapters {missing}; expected some of {CHAPTERS}")
     rows: list[dict] = []
-    for chapter in tqdm([c for c in chapters if c in registry], desc="benchmarks"):
+    for chapter in progress_bar([c for c in chapters if c in registry], desc="benchmarks"):
         rows += registry[chapter](ctx)
     return rows
 

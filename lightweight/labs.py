@@ -6,7 +6,7 @@
 In a code cell, the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` become
 ``# YOUR CODE HERE`` / ``raise NotImplementedError()`` at the marker's indentation; in a markdown
 cell they become ``YOUR ANSWER HERE``. Outputs and execution counts are cleared; cell metadata
-(exercise ids, points) is kept. A title ``# ... (lời giải)`` becomes ``# ... (bài thực hành)``.
+(exercise ids, points) is kept; execution timestamps and saved widget state are dropped. A title ``# ... (lời giải)`` becomes ``# ... (bài thực hành)``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def make_lab(notebook: dict) -> dict:
     if notebook.get("nbformat") != 4 or "cells" not in notebook:
         raise ValueError("expected an nbformat 4 notebook")
     lab = copy.deepcopy(notebook)
+    lab.get("metadata", {}).pop("widgets", None)
     for cell in lab["cells"]:
+        cell.get("metadata", {}).pop("execution", None)
         src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
         if BEGIN in src or END in src:
             src = strip_solution(src, cell["cell_type"])

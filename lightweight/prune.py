@@ -287,8 +287,9 @@ def _gated_inputs(model: TinyGPT) -> dict[str, tuple[nn.Linear, int]]:
 
 
 def gpt_importance(model: TinyGPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Importance of each head and MLP neuron, as in Michel et al. 2019: the mean over batches of
-    ``|dL/d gate|``, where a gate of 1 multiplies the head's (or neuron's) output.
+    """Importance of each head and MLP neuron, as in Michel et al. 2019: the mean over sequences of
+    ``|dL(x)/d gate|``, where a gate of 1 multiplies the head's (or neuron's) output. Each sequence
+    of each ``(B, T)`` batch gets its own backward pass, so that gradients of opposite sign do not cancel.
 
     Returns ``{"heads.i": (n_head,), "neurons.i": (4C,)}`` for each block ``i``.
     """
@@ -304,14 +305,14 @@ def gpt_importance(model: TinyGPT, batches: Iterable[tuple[torch.Tensor, torch.T
     was_training = model.training
     model.eval()
     try:
-        for x, y in batches:
-            for gt in gates.values():
-                gt.grad = None
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-            loss.backward()
-            for k, gt in gates.items():
-                scores[k] += gt.grad.abs()
-            n += 1
+        for xb, yb in batches:
+            for x, y in zip(xb, yb):
+                for gt in gates.values():
+                    gt.grad = None
+                F.cross_entropy(model(x[None]).flatten(0, 1), y).backward()
+                for k, gt in gates.items():
+                    scores[k] += gt.grad.abs()
+                n += 1
     finally:
         for h in hooks:
             h.remove()
@@ -324,7 +325,9 @@ def gpt_importance(model: TinyGPT, batches: Iterable[tuple[torch.Tensor, torch.T
 
 def prune_gpt_(model: TinyGPT, importance: dict[str, torch.Tensor], head_ratio: float, neuron_ratio: float) -> TinyGPT:
     """Remove the least important fraction of attention heads (``head_ratio``) and MLP neurons
-    (``neuron_ratio``), ranked globally across blocks; at least one head and neuron stay per block.
+    (``neuron_ratio``), ranked globally across blocks by raw importance (Michel et al. divide each
+    layer's scores by their L2 norm first; on TinyGPT that removed more of the useful heads);
+    at least one head and one neuron stay per block.
     Rebuilds smaller dense ``qkv``/``attn.proj`` and ``fc``/``mlp.proj`` layers in place."""
     for r in (head_ratio, neuron_ratio):
         _check_sparsity(r)
@@ -424,8 +427,9 @@ def sparsegpt_(weight: torch.Tensor, H: torch.Tensor, sparsity: float, block_siz
     """SparseGPT (Frantar & Alistarh 2023) on one weight ``(out, in)``, in place, with ``H = X X^T`` ``(in, in)``.
 
     Columns are processed in blocks; inside a block, each row prunes its weights with the smallest
-    ``w^2 / [H^-1]_jj^2``, and every pruned weight's error is spread over the row's later columns
-    by the OBS update. Returns the mask.
+    ``w^2 / U_jj^2``, where ``U`` is the upper Cholesky factor of ``H^-1`` (``U_jj^2`` is the OBS
+    ``[H^-1]_jj`` of column ``j`` once the earlier columns are fixed), and every pruned weight's error
+    is spread over the row's later columns by the OBS update. Returns the mask.
     """
     _check_sparsity(sparsity)
     rows, cols = weight.shape

@@ -1,11 +1,12 @@
 """Training and evaluation loops with seeding and tqdm progress bars.
 
-Progress bars follow tqdm's own switch: ``TQDM_DISABLE=1`` turns them off (the test suite does).
+Progress bars follow tqdm's switch: ``TQDM_DISABLE=1`` turns them off (the test suite does).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable
 
@@ -19,8 +20,10 @@ from .data import CharCorpus
 
 
 def progress_bar(iterable, progress: bool = True, **kwargs):
-    """A tqdm bar over ``iterable``; ``progress=False`` hides it, and so does ``TQDM_DISABLE=1``."""
-    return tqdm(iterable, disable=True, **kwargs) if not progress else tqdm(iterable, **kwargs)
+    """A tqdm bar over ``iterable``; ``progress=False`` hides it, and so does ``TQDM_DISABLE=1``
+    (checked here because tqdm's notebook widget does not read that variable)."""
+    hidden = not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(iterable, disable=hidden, **kwargs)
 
 
 def set_seed(seed: int) -> torch.Generator:

@@ -32,10 +32,13 @@ def test_make_lab_clears_outputs_and_keeps_metadata():
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="hi")]
     nb.cells[0].execution_count = 3
     nb.cells[0].metadata["exercise"] = {"id": "ex1", "points": 2}
+    nb.cells[0].metadata["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00"}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
     lab = make_lab(json.loads(nbformat.writes(nb)))
     cell = lab["cells"][0]
     assert cell["outputs"] == [] and cell["execution_count"] is None
-    assert cell["metadata"]["exercise"] == {"id": "ex1", "points": 2}
+    assert cell["metadata"] == {"exercise": {"id": "ex1", "points": 2}}
+    assert "widgets" not in lab["metadata"]
     assert "y = 2" not in cell["source"] and "raise NotImplementedError()" in cell["source"]
     with pytest.raises(ValueError, match="nbformat 4"):
         make_lab({"cells": []})

@@ -55,3 +55,13 @@ def test_train_lm_reduces_loss_deterministically():
         losses.append(evaluate_lm(m, corpus, n_batches=2))
     assert losses[0] == losses[1]
     assert losses[0] < before - 0.5
+
+
+def test_progress_bar_obeys_tqdm_disable(monkeypatch):
+    from lightweight.train import progress_bar
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_bar(range(3)).disable
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert not progress_bar(range(3)).disable
+    assert progress_bar(range(3), progress=False).disable

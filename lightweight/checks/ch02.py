@@ -18,8 +18,9 @@ def _weights(seed: int, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
 
 def _bool_mask(got: object, like: torch.Tensor, what: str) -> torch.Tensor:
     expect(isinstance(got, torch.Tensor), f"{what} phải trả về một tensor, nhận {type(got).__name__}.")
-    expect(got.shape == like.shape, f"{what}: mặt nạ có shape {tuple(got.shape)}, cần {tuple(like.shape)} như trọng số.")
-    expect(got.dtype == torch.bool, f"{what}: mặt nạ cần dtype torch.bool (True = giữ), nhận {got.dtype}. Thử `scores > ngưỡng`.")
+    expect(got.shape == like.shape, f"{what}: mặt nạ có hình dạng (shape) {tuple(got.shape)}, cần {tuple(like.shape)} như trọng số.")
+    expect(got.dtype == torch.bool, f"{what}: mặt nạ cần dtype torch.bool (True = giữ), nhận {got.dtype}. "
+           "Tạo nó với dtype=torch.bool, hoặc đổi bằng .bool().")
     return got
 
 
@@ -105,7 +106,7 @@ def keep_channels(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
         raise CheckFailed("đúng các kênh nhưng chưa sắp xếp tăng dần; hãy dùng .sort() để thứ tự kênh không đổi.")
     l2 = w.flatten(1).norm(dim=1).topk(6).indices.sort().values
     if torch.equal(got, l2) and not torch.equal(l2, want):
-        raise CheckFailed("bạn dùng chuẩn L2 (hoặc giá trị lớn nhất); bài này xếp hạng theo chuẩn L1: tổng |w| của cả bộ lọc.")
+        raise CheckFailed("bạn dùng chuẩn L2; bài này xếp hạng theo chuẩn L1: tổng |w| của cả bộ lọc.")
     expect(torch.equal(got, want), f"các kênh cần giữ là {want.tolist()}, bạn trả về {got.tolist()}. "
            "Chuẩn L1 của kênh c là w[c].abs().sum(); giữ `keep` kênh lớn nhất.")
 
