@@ -210,18 +210,19 @@ def percentile_clip(x: torch.Tensor, percentile: float = 99.99) -> float:
 class ActivationRange:
     """Per-input-channel max |x| and a sample of |x| values of one layer's inputs, gathered by hooks."""
 
-    def __init__(self, sample_per_call: int = 4096):
+    def __init__(self, sample_per_call: int = 4096, seed: int = 0):
         self.channel_max: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
         self.sample_per_call = sample_per_call
+        self.generator = torch.Generator().manual_seed(seed)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         m = x.abs().amax(dim=0)
         self.channel_max = m if self.channel_max is None else torch.maximum(self.channel_max, m)
-        flat = x.flatten()
-        step = max(1, flat.numel() // self.sample_per_call)
-        self.samples.append(flat[::step])
+        flat = x.flatten()  # a seeded random sample: a fixed stride could skip whole channels
+        n = min(flat.numel(), self.sample_per_call)
+        self.samples.append(flat[torch.randint(flat.numel(), (n,), generator=self.generator)])
 
     def clip(self, method: str = "minmax", percentile: float = 99.99) -> float:
         if self.channel_max is None:

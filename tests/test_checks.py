@@ -117,3 +117,53 @@ def test_ch02_right_answers_pass_and_typical_mistakes_get_hints():
     for check, fn, hint in mistakes:
         r = run(check, fn)
         assert r.status == "fail" and hint in r.message, (check.__name__, r.message)
+
+
+def test_ch04_right_answers_pass_and_typical_mistakes_get_hints():
+    import torch
+    import torch.nn.functional as F
+
+    from lightweight import quantize as Q
+    from lightweight.checks import ch04
+
+    def sym(x, bits, rounding=torch.round):
+        qmax = 2 ** (bits - 1) - 1
+        s = float(x.abs().max()) / qmax
+        return torch.clamp(rounding(x / s), -qmax, qmax), s
+
+    def affine(lo, hi, bits):
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        s = (hi - lo) / (qmax - qmin)
+        return s, int(qmin - round(lo / s))
+
+    def qforward(x, q, scale, bias, g):
+        out, cols = q.shape
+        return F.linear(x, (q.float().view(out, -1, g) * scale[..., None]).view(out, cols), bias)
+
+    def step(W, Hinv, j, scale, bits, divide=True):
+        W = W.clone()
+        q = torch.clamp(torch.round(W[:, j] / scale), -7, 7) * scale
+        err = (W[:, j] - q) / (Hinv[j, j] if divide else 1.0)
+        W[:, j:] -= err[:, None] * Hinv[j, j:][None, :]
+        return W
+
+    right = [(ch04.quantize_symmetric, sym), (ch04.affine_params, affine),
+             (ch04.group_scales, lambda w, g, b: Q.quantize_tensor(w, b, g).scale), (ch04.pack_int4, Q.pack_int4),
+             (ch04.qlinear_forward, qforward), (ch04.percentile_clip, Q.percentile_clip), (ch04.gptq_step, step)]
+    for check, fn in right:
+        assert run(check, fn).passed, check.__name__
+    mistakes = [
+        (ch04.quantize_symmetric, lambda x, b: (torch.round(x / (x.abs().max() / 2 ** (b - 1))), float(x.abs().max()) / 2 ** (b - 1)), "2^(b−1)"),
+        (ch04.quantize_symmetric, lambda x, b: sym(x, b, torch.trunc), "torch.round"),
+        (ch04.affine_params, lambda lo, hi, b: (affine(lo, hi, b)[0], -affine(lo, hi, b)[1]), "dấu"),
+        (ch04.group_scales, lambda w, g, b: Q.quantize_tensor(w, b).scale, "per-channel"),
+        (ch04.group_scales, lambda w, g, b: w.view(w.shape[0], g, -1).abs().amax(dim=1) / 7, "liên tiếp"),
+        (ch04.pack_int4, lambda q: (lambda p: (p >> 4) | ((p & 0xF) << 4))(Q.pack_int4(q)), "đảo"),
+        (ch04.qlinear_forward, lambda x, q, s, b, g: F.linear(x, q.float() * s[:, :1], b), "cả hàng"),
+        (ch04.qlinear_forward, lambda x, q, s, b, g: qforward(x, q, s, None, g), "bias"),
+        (ch04.percentile_clip, lambda x, p: float(x.abs().max()), "max|x|"),
+        (ch04.gptq_step, lambda W, H, j, s, b: step(W, H, j, s, b, divide=False), "Hinv[j, j]"),
+    ]
+    for check, fn, hint in mistakes:
+        r = run(check, fn)
+        assert r.status == "fail" and hint in r.message, (check.__name__, r.message)

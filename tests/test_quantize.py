@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lightweight import quantize as Q
+
+
+def test_pack_int4_roundtrip_is_exhaustive():
+    values = torch.arange(-8, 8, dtype=torch.int8)
+    pairs = torch.cartesian_prod(values, values)  # all 256 pairs of 4-bit values
+    packed = Q.pack_int4(pairs)
+    assert packed.shape == (256, 1) and packed.dtype == torch.uint8
+    assert torch.equal(Q.unpack_int4(packed), pairs)
+    assert sorted(packed.flatten().tolist()) == list(range(256))  # every byte pattern used exactly once
+
+
+def test_pack_int4_bad_input():
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        Q.pack_int4(torch.tensor([8, 0], dtype=torch.int8))
+    with pytest.raises(TypeError):
+        Q.pack_int4(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="even"):
+        Q.pack_int4(torch.tensor([1, 2, 3], dtype=torch.int8))
+
+
+def test_symmetric_and_affine_quantization():
+    w = torch.tensor([[-1.0, -0.5, 0.0, 0.25, 1.0, 2.0]])
+    qt = Q.quantize_tensor(w, bits=8)
+    assert qt.scale.item() == pytest.approx(2.0 / 127) and qt.q.max() == 127
+    assert (qt.dequantize() - w).abs().max() <= qt.scale.item() / 2 + 1e-7
+    qa = Q.quantize_tensor(w, bits=8, symmetric=False)
+    assert qa.scale.item() == pytest.approx(3.0 / 255) and qa.q.min() == -128 and qa.q.max() == 127
+    assert (qa.dequantize() - w).abs().max() <= qa.scale.item() / 2 + 1e-6
+
+
+def test_granularity_orders_error():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 256, generator=g) * torch.logspace(-1, 1, 64)[:, None]  # rows of different scale
+    err = {name: Q.mse(w, Q.fake_quantize(w, 4, **kw)) for name, kw in
+           [("tensor", dict(per_tensor=True)), ("channel", {}), ("g128", dict(group_size=128)), ("g32", dict(group_size=32))]}
+    assert err["tensor"] > err["channel"] > err["g128"] > err["g32"]
+    assert Q.sqnr_db(w, Q.fake_quantize(w, 8)) > Q.sqnr_db(w, Q.fake_quantize(w, 4)) + 20  # ~6 dB per bit
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(bits=1), ValueError, "bits"), (dict(bits=9), ValueError, "bits"),
+    (dict(bits=4, group_size=100), ValueError, "divisor"), (dict(bits=4, group_size=0), ValueError, "divisor"),
+])
+def test_quantize_tensor_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Q.quantize_tensor(torch.randn(4, 256), **kwargs)
+
+
+def test_non_float_is_refused():
+    with pytest.raises(TypeError, match="floating-point"):
+        Q.quantize_tensor(torch.ones(4, 4, dtype=torch.long))
+
+
+def test_quantized_linear_and_quantize_():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(5, 64)
+    ref = model(x)
+    Q.quantize_(model, bits=4, group_size=32)
+    assert isinstance(model[0], Q.QuantizedLinear) and model[0].qweight.dtype == torch.uint8
+    assert model[0].qweight.shape == (32, 32) and model[0].scale.dtype == torch.float16
+    assert torch.allclose(model(x), ref, atol=0.3)
+    state = Q.quantized_state(model)
+    assert set(state) == {"0.qweight", "0.scale", "0.bias", "2.qweight", "2.scale", "2.bias"}
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        Q.quantize_(nn.Sequential(nn.ReLU()))
+
+
+def test_percentile_and_calibration():
+    x = torch.cat([torch.linspace(-1, 1, 9999), torch.tensor([100.0])])
+    assert Q.percentile_clip(x, 100) == 100.0 and Q.percentile_clip(x, 99.9) <= 1.0
+    with pytest.raises(ValueError, match="empty"):
+        Q.percentile_clip(torch.empty(0))
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="empty"):
+        Q.calibrate_activations(model, lambda: None)
+    ranges = Q.calibrate_activations(model, lambda: model(torch.randn(16, 8)))
+    assert ranges["0"].channel_max.shape == (8,)
+
+
+def test_w8a8_outliers_and_smoothquant_help_on_outlier_channels():
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(512, 64, generator=g)
+    x[:, 3] *= 60.0  # one outlier channel, as in transformers
+    model = nn.Sequential(lin)
+    ranges = Q.calibrate_activations(model, lambda: model(x))
+    ref = lin(x).detach()
+    err = {}
+    for name, kw in [("plain", {}), ("outliers", dict(outlier_threshold=10.0)), ("smooth", dict(smooth_alpha=0.5))]:
+        q = nn.Sequential(nn.Linear(64, 32))
+        q.load_state_dict(model.state_dict())
+        Q.w8a8_(q, ranges, **kw)
+        err[name] = Q.mse(ref, q(x).detach())
+    assert err["outliers"] < 0.1 * err["plain"] and err["smooth"] < 0.5 * err["plain"]
+
+
+def test_gptq_beats_round_to_nearest_on_correlated_inputs():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(4096, 128, generator=g) @ torch.randn(128, 128, generator=g)  # correlated features
+    W = torch.randn(64, 128, generator=g)
+    H = (X.T @ X).double()
+    err = lambda Wq: float(((X @ W.T - X @ Wq.T) ** 2).mean())  # noqa: E731
+    rtn = err(Q.fake_quantize(W, 4, 32))
+    for act_order in (False, True):
+        qt = Q.gptq_quantize(W, H, bits=4, group_size=32, act_order=act_order)
+        assert qt.q.dtype == torch.int8 and qt.q.abs().max() <= 7 and qt.scale.shape == (64, 4)
+        assert err(qt.dequantize()) < 0.7 * rtn
+    with pytest.raises(ValueError, match="H must be"):
+        Q.gptq_quantize(W, torch.eye(3), 4, 32)
+
+
+def test_fp8_and_fbgemm():
+    vals = Q.fp8_values("e4m3")
+    assert vals.max() == 448 and vals.min() == -448 and Q.fp8_values("e5m2").max() == 57344
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    assert Q.sqnr_db(x, Q.fp8_fake_quantize(x)) > 25
+    assert Q.fp8_fake_quantize(x, block=(128, 128)).shape == x.shape
+    with pytest.raises(ValueError, match="tiles"):
+        Q.fp8_fake_quantize(x[:100], block=(128, 128))
+    lin = nn.Linear(64, 32)
+    y = Q.FbgemmInt8Linear(lin)(torch.randn(4, 64))
+    assert y.shape == (4, 32)
+    with pytest.raises(ValueError, match="per-channel INT8"):
+        Q.FbgemmInt8Linear(lin, Q.quantize_tensor(lin.weight, 4, 32))
+    assert math.isinf(Q.sqnr_db(x, x))
