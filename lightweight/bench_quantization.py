@@ -1,6 +1,7 @@
 """Benchmark rows of the ``quantization`` chapter: INT8, INT4 round-to-nearest and INT4 GPTQ
-(weight-only, sizes of the saved integers + FP16 scales + biases against the FP32 Linear layers),
-and our own INT8 weights run by fbgemm (speed against FP32, same run)."""
+(weight-only: sizes of the saved integers + FP16 scales + biases against the FP32 Linear layers;
+their speed ratio is the cost of dequantizing in forward), and our own INT8 weights run by
+fbgemm's integer kernels (speed against FP32, same run)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def quantization_rows(ctx: BenchContext) -> list[dict]:
     base = evaluate_lm(gpt, corpus)
     gen = torch.Generator().manual_seed(3)
     cal_batches = [corpus.get_batch("train", 16, 128, gen)[0] for _ in range(8)]
+    tokens = torch.randint(corpus.vocab_size, (1, gpt.cfg.block_size), generator=torch.Generator().manual_seed(0))
     minilm = load_minilm()
     held, cal = heldout_lines(), calibration_lines()
     e_ref = embed(minilm, held)
@@ -45,12 +47,16 @@ def quantization_rows(ctx: BenchContext) -> list[dict]:
                 Q.quantize_(q, bits, gs)
             size = _size_ratio(model, q)
             setting = dict(bits=bits, group_size=gs, part="linear")
-            if name == "tinygpt":
-                rows.append(row("quantization", method, "tinygpt", "val_loss", base, evaluate_lm(q, corpus), size, None, **setting))
+            if name == "tinygpt":  # weight-only: dequantized in forward, so the speed ratio is the overhead
+                speed = speed_ratio(lambda: gpt(tokens), lambda q=q: q(tokens), repeats=ctx.repeats)["ratio"]
+                rows.append(row("quantization", method, "tinygpt", "val_loss", base, evaluate_lm(q, corpus), size, speed,
+                                batch=1, **setting))
             else:
                 fid = fidelity(e_ref, q, held)
-                rows.append(row("quantization", method, "minilm", "cosine", 1.0, fid.cosine, size, None, **setting))
-                rows.append(row("quantization", method, "minilm", "top10", 1.0, fid.top10, size, None, **setting))
+                speed = speed_ratio(lambda: embed(minilm, held[:32]), lambda q=q: embed(q, held[:32]),
+                                    repeats=ctx.repeats)["ratio"]
+                rows.append(row("quantization", method, "minilm", "cosine", 1.0, fid.cosine, size, speed, batch=32, **setting))
+                rows.append(row("quantization", method, "minilm", "top10", 1.0, fid.top10, size, speed, batch=32, **setting))
     fast = Q.fbgemm_int8_(copy.deepcopy(minilm))
     fid = fidelity(e_ref, fast, held)
     for b in (1, 32):
