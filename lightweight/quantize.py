@@ -76,7 +76,8 @@ def quantize_tensor(
 
     ``per_tensor=True``: one scale; else one scale per output row (``group_size=None``, per-channel)
     or per group of ``group_size`` inputs. Symmetric: ``s = max|w| / qmax``, ``z = 0``; affine:
-    ``s = (max - min) / (qmax - qmin)``, ``z = qmin - round(min / s)``.
+    ``s = (max - min) / (qmax - qmin)``, ``z = qmin - round(min / s)``, with the range widened to
+    contain 0 so that 0 stays exact.
     """
     _check_float(w, "w")
     qmin, qmax = qrange(bits, symmetric)
@@ -137,7 +138,8 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- weight-only module
 class QuantizedLinear(nn.Module):
-    """Weight-only quantized ``nn.Linear``: integers (packed two per byte at 4 bits or fewer) and
+    """Weight-only quantized ``nn.Linear``: integers (packed two per byte at 4 bits or fewer when
+    ``in_features`` is even) and
     FP16 scales as buffers; ``forward`` dequantizes and runs a float linear. ``(..., in) -> (..., out)``.
 
     Symmetric quantization, so no zero-points are stored.
@@ -296,8 +298,11 @@ def w8a8_(model: nn.Module, ranges: dict[str, ActivationRange], method: str = "m
     """Replace every calibrated ``nn.Linear`` with a :class:`W8A8Linear`, in place.
 
     ``outlier_threshold``: input channels whose calibrated max |x| exceeds it stay in float.
-    ``smooth_alpha``: apply SmoothQuant with this alpha first (the clip is rescaled accordingly).
+    ``smooth_alpha``: apply SmoothQuant with this alpha first; the clip is then the min-max of the
+    smoothed inputs (``method`` is not used). The two options are alternatives, not combined.
     """
+    if outlier_threshold is not None and smooth_alpha is not None:
+        raise ValueError("choose outlier_threshold (LLM.int8() style) or smooth_alpha (SmoothQuant), not both")
     def make(name: str, lin: nn.Linear) -> nn.Module:
         r = ranges[name]
         smooth = outliers = None
@@ -333,8 +338,10 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
     if H.shape != (cols, cols):
         raise ValueError(f"H must be ({cols}, {cols}), got {tuple(H.shape)}")
     g = cols if group_size is None else group_size
-    if g <= 0 or cols % g or (not act_order and block_size % g and g % block_size):
+    if g <= 0 or cols % g:
         raise ValueError(f"group_size {group_size} must be a positive divisor of the input dimension {cols}")
+    if not act_order and block_size % g and g % block_size:
+        raise ValueError(f"group_size {g} and block_size {block_size} must divide one another")
     qmin, qmax = qrange(bits)
     W = weight.detach().float().clone()
     H = H.double().clone()

@@ -101,7 +101,7 @@ def qlinear_forward(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torc
     expect(torch.allclose(got, want, atol=1e-4), "y chưa đúng: giải lượng tử W ≈ q · scale (theo nhóm) rồi y = x Wᵀ + b.")
 
 
-@exercise("ch04.percentile_clip", "Ngưỡng cắt theo phân vị cho hiệu chỉnh")
+@exercise("ch04.percentile_clip", "Ngưỡng kẹp theo phân vị cho hiệu chỉnh")
 def percentile_clip(fn: Callable[[torch.Tensor, float], float]) -> None:
     x = torch.cat([_randn(6, 20000), torch.tensor([-80.0, 50.0])])
     for p in (99.9, 99.99, 100.0):
