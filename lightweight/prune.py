@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from .calibration import observe_linear_inputs
 from .models import DigitsCNN, TinyGPT
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -390,19 +391,9 @@ class InputStats:
         return self.H.diagonal().sqrt().float()
 
 
-@torch.no_grad()
 def collect_input_stats(model: nn.Module, run: Callable[[], object], layers: Iterable[str] | None = None) -> dict[str, InputStats]:
     """Run ``run()`` once with hooks that accumulate :class:`InputStats` for each Linear (or those named)."""
-    all_linear = prunable_layers(model, (nn.Linear,))
-    names = list(all_linear) if layers is None else list(layers)
-    stats = {n: InputStats(all_linear[n].in_features) for n in names}
-    hooks = [all_linear[n].register_forward_pre_hook(lambda mod, args, s=stats[n]: s.add(args[0])) for n in names]
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return stats
+    return observe_linear_inputs(model, run, lambda lin: InputStats(lin.in_features), layers)
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

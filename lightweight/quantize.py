@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .calibration import observe_linear_inputs
 from .prune import collect_input_stats, prunable_layers
 
 
@@ -236,17 +237,9 @@ class ActivationRange:
         raise ValueError(f"method must be 'minmax' or 'percentile', got {method!r}")
 
 
-@torch.no_grad()
 def calibrate_activations(model: nn.Module, run: Callable[[], object]) -> dict[str, ActivationRange]:
     """Run ``run()`` once and record the input range of every ``nn.Linear``."""
-    layers = prunable_layers(model, (nn.Linear,))
-    ranges = {n: ActivationRange() for n in layers}
-    hooks = [layers[n].register_forward_pre_hook(lambda mod, args, r=ranges[n]: r.add(args[0])) for n in layers]
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
+    ranges = observe_linear_inputs(model, run, lambda lin: ActivationRange())
     if any(r.channel_max is None for r in ranges.values()):
         raise ValueError("calibration data is empty: run() did not call every Linear")
     return ranges
