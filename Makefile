@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab solutions labs pretrain bench clean
+.PHONY: book book-student test lab solutions labs pretrain bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _build
+
+# The student edition: no solution notebooks, no {solution} blocks (see _config_student.yml).
+book-student: $(STAMP)
+	rm -rf _build/student
+	$(BIN)/jupyter-book build . --config _config_student.yml --toc _toc_student.yml --path-output _build/student --warningiserror --keep-going
+	@echo "Student book: $(CURDIR)/_build/student/_build/html/index.html"
