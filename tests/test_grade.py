@@ -34,11 +34,16 @@ def by_exercise(grades):
     return {g.exercise: g for g in grades}
 
 
-def test_solution_gets_full_marks_and_blank_lab_gets_zero():
-    sol = grade_notebook(ROOT / "solutions" / "00_measure.ipynb")
-    assert len(sol) == 4 and all(g.status == "pass" and g.points == g.max_points == 1 for g in sol)
-    lab = grade_notebook(ROOT / "labs" / "00_measure.ipynb")
-    assert {g.status for g in lab} == {"not attempted"} and sum(g.points for g in lab) == 0
+CHAPTERS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_solution_gets_full_marks_and_blank_lab_gets_zero(name):
+    sol = grade_notebook(ROOT / "solutions" / name)
+    assert len(sol) >= 4 and all(g.status == "pass" and g.points == g.max_points == 1 for g in sol), sol
+    lab = grade_notebook(ROOT / "labs" / name)
+    assert len(lab) == len(sol)
+    assert {g.status for g in lab} == {"not attempted"} and sum(g.points for g in lab) == 0, lab
 
 
 def test_wrong_and_crashing_answers_are_reported(tmp_path):
