@@ -8,10 +8,15 @@ Modules, one concern each:
 - ``measure``   parameters, bytes, sparsity, latency and speed ratios, quality metrics
 - ``minilm``    the verified all-MiniLM-L6-v2 and its fidelity metrics
 - ``teachers``  the pretrained teachers shipped as safetensors (``pretrain`` remakes them)
+- ``calibration`` hooks that record what enters each Linear on calibration data
+- ``prune``     pruning: magnitude, schedules, sparse storage, 2:4, structured, Wanda, SparseGPT
+- ``quantize``  quantization: RTN, INT4 packing, QuantizedLinear, W8A8, SmoothQuant, GPTQ, FP8, fbgemm
+- ``reference`` library references the course compares with (torch.ao dynamic INT8)
 - ``plots``     shared plot helpers
-- ``checks``    exercise checks with Vietnamese feedback
+- ``checks``    exercise checks with Vietnamese feedback (one module per chapter)
 - ``labs``      generates labs/ from solutions/
-- ``bench``     ``python -m lightweight.bench``
+- ``grade``     ``python -m lightweight.grade``: grades submitted labs
+- ``bench``     ``python -m lightweight.bench`` (rows registered by ``bench_<chapter>`` modules)
 """
 
 __version__ = "0.1.0"
