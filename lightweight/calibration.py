@@ -1,4 +1,5 @@
-"""Running a model on calibration data while hooks record what enters its ``nn.Linear`` layers."""
+"""The ``nn.Linear`` layers of a model: finding them, replacing them, and recording what enters them
+while the model runs on calibration data."""
 
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     if not layers:
         raise ValueError("the model has no nn.Linear layer")
     return layers
+
+
+def replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module], skip: Iterable[str] = ()) -> nn.Module:
+    """Replace every ``nn.Linear`` (except names in ``skip``) by ``make(name, linear)``, in place."""
+    skip = set(skip)
+    targets = [(n, m) for n, m in linear_layers(model).items() if n not in skip]
+    if not targets:
+        raise ValueError("the model has no nn.Linear layer to replace")
+    for name, lin in targets:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, make(name, lin))
+    return model
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .calibration import observe_linear_inputs
+from .calibration import observe_linear_inputs, replace_linears
 from .models import DigitsCNN, TinyGPT
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -502,10 +502,4 @@ class SparseLinear(nn.Module):
 
 def to_sparse_execution_(model: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` with a :class:`SparseLinear` (CSR), in place."""
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not targets:
-        raise ValueError("the model has no nn.Linear layer")
-    for name, lin in targets:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, SparseLinear(lin))
-    return model
+    return replace_linears(model, lambda name, lin: SparseLinear(lin))

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .calibration import observe_linear_inputs
+from .calibration import observe_linear_inputs, replace_linears
 from .prune import collect_input_stats, prunable_layers
 
 
@@ -171,21 +171,10 @@ class QuantizedLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}"
 
 
-def _replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module], skip: Iterable[str] = ()) -> nn.Module:
-    skip = set(skip)
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip]
-    if not targets:
-        raise ValueError("the model has no nn.Linear layer to quantize")
-    for name, lin in targets:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, make(name, lin))
-    return model
-
-
 def quantize_(model: nn.Module, bits: int = 8, group_size: int | None = None, skip: Iterable[str] = ()) -> nn.Module:
     """Replace every ``nn.Linear`` (except names in ``skip``) by a weight-only :class:`QuantizedLinear`, in place."""
     _check_bits(bits)
-    return _replace_linears(model, lambda n, lin: QuantizedLinear(lin, bits, group_size), skip)
+    return replace_linears(model, lambda n, lin: QuantizedLinear(lin, bits, group_size), skip)
 
 
 def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -310,7 +299,7 @@ def w8a8_(model: nn.Module, ranges: dict[str, ActivationRange], method: str = "m
         return W8A8Linear(lin, clip, outliers, smooth)
 
     missing = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in ranges]
-    return _replace_linears(model, make, skip=missing)
+    return replace_linears(model, make, skip=missing)
 
 
 # ----------------------------------------------------------------------------- GPTQ
@@ -383,7 +372,7 @@ def gptq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4
         raise ValueError("calibration data is empty: run_calibration() did not call every Linear")
     qts = {n: gptq_quantize(m.weight, stats[n].H, bits, group_size, act_order=act_order)
            for n, m in prunable_layers(model, (nn.Linear,)).items() if n not in set(skip)}
-    return _replace_linears(model, lambda n, lin: QuantizedLinear(lin, qtensor=qts[n]), skip)
+    return replace_linears(model, lambda n, lin: QuantizedLinear(lin, qtensor=qts[n]), skip)
 
 
 # ----------------------------------------------------------------------------- FP8
@@ -442,4 +431,4 @@ class FbgemmInt8Linear(nn.Module):
 
 def fbgemm_int8_(model: nn.Module, skip: Iterable[str] = ()) -> nn.Module:
     """Replace every ``nn.Linear`` with a :class:`FbgemmInt8Linear` built from our own quantization, in place."""
-    return _replace_linears(model, lambda n, lin: FbgemmInt8Linear(lin), skip)
+    return replace_linears(model, lambda n, lin: FbgemmInt8Linear(lin), skip)
