@@ -111,7 +111,7 @@ def to_markdown(rows: list[dict]) -> str:
 def _registry() -> dict[str, Callable[[BenchContext], list[dict]]]:
     """The chapters' benchmarks. They register into the module ``lightweight.bench``, which is not
     this module object when it runs as ``python -m lightweight.bench`` (then it is ``__main__``)."""
-    from . import bench_baseline, bench_pruning, bench_quantization  # noqa: F401  (each registers its chapter)
+    from . import bench_baseline, bench_distillation, bench_lowrank, bench_pruning, bench_quantization  # noqa: F401  (each registers its chapter)
     from .bench import REGISTRY as registry
 
     return registry

@@ -5,6 +5,8 @@ Everything here is deterministic: fixed splits, a fixed sorted list of plays, se
 
 from __future__ import annotations
 
+import copy
+
 import importlib.resources
 import random
 from dataclasses import dataclass
@@ -132,6 +134,17 @@ class CharCorpus:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train_data if name == "train" else self.val_data
+
+    def with_train_data(self, ids: torch.Tensor) -> "CharCorpus":
+        """A copy whose training split is ``ids`` (1-D, same vocabulary); validation is unchanged.
+        Sequence-level distillation trains on text written by a teacher this way."""
+        if ids.dim() != 1 or ids.dtype != torch.long or len(ids) < 2:
+            raise ValueError("ids must be a 1-D int64 tensor of at least 2 character ids")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"ids must be in [0, {self.vocab_size})")
+        new = copy.copy(self)
+        new.train_data = ids
+        return new
 
     def get_batch(
         self, split: str, batch_size: int, block_size: int, generator: torch.Generator

@@ -1,11 +1,6 @@
-"""Shared fixtures. Progress bars are off in tests (tqdm reads TQDM_DISABLE, kernels inherit it)."""
+"""Shared fixtures (the environment is set by the root conftest.py)."""
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

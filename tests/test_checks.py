@@ -167,3 +167,115 @@ def test_ch04_right_answers_pass_and_typical_mistakes_get_hints():
     for check, fn, hint in mistakes:
         r = run(check, fn)
         assert r.status == "fail" and hint in r.message, (check.__name__, r.message)
+
+
+def test_ch03_right_answers_pass_and_typical_mistakes_get_hints():
+    import torch
+    import torch.nn as nn
+
+    from lightweight import lowrank as L
+    from lightweight.checks import ch03
+
+    def svd(W, r, keep_s=True, extra=0):
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        k = r + extra
+        root = S[:k].sqrt() if keep_s else torch.ones(k)
+        return U[:, :k] * root, root[:, None] * Vh[:k]
+
+    class Good(nn.Module):
+        def __init__(self, linear, rank, double_bias=False):
+            super().__init__()
+            A, B = L.truncated_svd(linear.weight.detach(), rank)
+            self.down = nn.Linear(linear.in_features, rank, bias=False)
+            self.up = nn.Linear(rank, linear.out_features)
+            self.double_bias = double_bias
+            with torch.no_grad():
+                self.down.weight.copy_(B)
+                self.up.weight.copy_(A)
+                self.up.bias.copy_(linear.bias)
+
+        def forward(self, x):
+            y = self.up(self.down(x))
+            return y + self.up.bias if self.double_bias else y
+
+    def white(W, X, r, inverse=True):
+        S = torch.linalg.cholesky(X.T.double() @ X.double())
+        U, s, Vh = torch.linalg.svd(W.double() @ S, full_matrices=False)
+        Wr = (U[:, :r] * s[:r]) @ Vh[:r]
+        return (torch.linalg.solve_triangular(S, Wr, upper=False, left=False) if inverse else Wr).float()
+
+    right = [(ch03.truncated_svd, svd), (ch03.rank_for_energy, L.rank_for_energy), (ch03.lowrank_linear, Good),
+             (ch03.whitened_truncation, white)]
+    for check, fn in right:
+        assert run(check, fn).passed, check.__name__
+    ch03.counting(L.lowrank_params, L.break_even_rank)
+    assert checks.RESULTS[-1].passed
+    mistakes = [
+        (ch03.truncated_svd, lambda W, r: svd(W, r, keep_s=False), "giá trị kỳ dị"),
+        (ch03.truncated_svd, lambda W, r: svd(W, r + 1), "hình dạng"),
+        (ch03.rank_for_energy, lambda s, e: int((torch.cumsum(s, 0) / s.sum() < e).sum()) + 1, "σ_i²"),
+        (ch03.rank_for_energy, lambda s, e: max(L.rank_for_energy(s, e) - 1, 0), "thiếu"),
+        (ch03.lowrank_linear, lambda lin, r: Good(lin, r, double_bias=True), "hai lần"),
+        (ch03.whitened_truncation, lambda W, X, r: torch.matmul(*L.truncated_svd(W, r)), "SVD thường"),
+        (ch03.whitened_truncation, lambda W, X, r: white(W, X, r, inverse=False), "S⁻¹"),
+    ]
+    for check, fn, hint in mistakes:
+        r = run(check, fn)
+        assert r.status == "fail" and hint in r.message, (check.__name__, r.message)
+    for params, be, hint in [(lambda m, n, r: m * r * n, L.break_even_rank, "m·r·n"),
+                             (L.lowrank_params, lambda m, n: min(m, n) / 2, "vuông")]:
+        ch03.counting(params, be)
+        assert checks.RESULTS[-1].status == "fail" and hint in checks.RESULTS[-1].message
+
+
+def test_ch01_right_answers_pass_and_typical_mistakes_get_hints():
+    import torch
+    import torch.nn.functional as F
+
+    from lightweight import distill as D
+    from lightweight.checks import ch01
+
+    def kd(s, t, y, T, a, squared=True, reduction="batchmean", reverse=False):
+        log_s, log_t = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+        if reverse:
+            soft = (log_s.exp() * (log_s - log_t)).sum(-1).mean()
+        elif reduction == "mean":  # the elementwise mean F.kl_div(reduction="mean") computes (with a warning)
+            soft = (log_t.exp() * (log_t - log_s)).mean()
+        else:
+            soft = F.kl_div(log_s, log_t, reduction=reduction, log_target=True)
+        return a * F.cross_entropy(s, y) + (1 - a) * soft * (T * T if squared else 1)
+
+    def step(student, teacher, x, y, opt, T, a, no_grad=True):
+        if no_grad:
+            with torch.no_grad():
+                t = teacher(x)
+        else:
+            t = teacher(x)
+        s = student(x)
+        soft = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T
+        loss = a * F.cross_entropy(s, y) + (1 - a) * soft
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    right = [(ch01.softmax_t, lambda z, T: F.softmax(z / T, -1)), (ch01.kd_loss, D.kd_loss), (ch01.distill_step, step),
+             (ch01.token_kd, lambda s, t, T: D.kd_loss(s.flatten(0, 1), t.flatten(0, 1), None, T, 0.0)),
+             (ch01.choose_setting, lambda r: max(r, key=lambda k: r[k]["val"])), (ch01.reverse_kl, D.reverse_kl)]
+    for check, fn in right:
+        assert run(check, fn).passed, check.__name__
+    mistakes = [
+        (ch01.softmax_t, lambda z, T: F.softmax(z * T, -1), "chia"),
+        (ch01.softmax_t, lambda z, T: F.softmax(z / T, 0), "dim=-1"),
+        (ch01.kd_loss, lambda s, t, y, T, a: kd(s, t, y, T, a, squared=False), "T²"),
+        (ch01.kd_loss, lambda s, t, y, T, a: kd(s, t, y, T, a, reverse=True), "ngược"),
+        (ch01.kd_loss, lambda s, t, y, T, a: kd(s, t, y, T, a, reduction="mean"), "batchmean"),
+        (ch01.distill_step, lambda *args: step(*args, no_grad=False), "no_grad"),
+        (ch01.token_kd, lambda s, t, T: F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T,
+         "(B·T, V)"),
+        (ch01.choose_setting, lambda r: max(r, key=lambda k: r[k]["test"]), "kiểm tra"),
+        (ch01.reverse_kl, lambda s, t: D.kd_loss(s, t, None, 1.0, 0.0), "KL xuôi"),
+    ]
+    for check, fn, hint in mistakes:
+        r = run(check, fn)
+        assert r.status == "fail" and hint in r.message, (check.__name__, r.message)

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lightweight.grade import grade_notebook, main
+from lightweight.grade import exercises_of, grade_notebook, main, solution_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,13 +37,35 @@ def by_exercise(grades):
 CHAPTERS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("name", CHAPTERS)
-def test_solution_gets_full_marks_and_blank_lab_gets_zero(name):
+def test_solution_gets_full_marks_and_blank_lab_gets_zero():
+    """Executed end to end on chapter 0 (the grader does not depend on the chapter; nbval already runs
+    every solution and compares each check's ✅ line)."""
+    name = "00_measure.ipynb"
     sol = grade_notebook(ROOT / "solutions" / name)
     assert len(sol) >= 4 and all(g.status == "pass" and g.points == g.max_points == 1 for g in sol), sol
     lab = grade_notebook(ROOT / "labs" / name)
     assert len(lab) == len(sol)
     assert {g.status for g in lab} == {"not attempted"} and sum(g.points for g in lab) == 0, lab
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_lab_has_its_solutions_exercises_blank_and_checked(name):
+    sol = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    lab = nbformat.read(ROOT / "labs" / name, as_version=4)
+    ids = exercises_of(sol)
+    assert len(ids) >= 5 or name == "00_measure.ipynb"
+    assert exercises_of(lab) == ids
+    assert solution_for(ROOT / "labs" / name, lab, ROOT / "solutions").name == name
+    for nb, blank in ((sol, False), (lab, True)):
+        cells = nb.cells
+        for i, cell in enumerate(cells):
+            ex = cell.metadata.get("exercise")
+            if not ex:
+                continue
+            assert ("raise NotImplementedError()" in cell.source) == blank, (name, ex["id"])
+            short = ex["id"].split(".", 1)[1]
+            after = "\n".join(c.source for c in cells[i + 1:i + 3] if c.cell_type == "code")
+            assert f"check.{short}(" in after, f"{name}: no check right after {ex['id']}"
 
 
 def test_wrong_and_crashing_answers_are_reported(tmp_path):

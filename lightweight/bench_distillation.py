@@ -1,0 +1,84 @@
+"""Benchmark rows of the ``distillation`` chapter: each student against its teacher (``baseline`` is
+the teacher's quality, ``size_ratio`` the student's parameters / the teacher's, ``speed_ratio`` the
+teacher's time / the student's) — trained with distillation (``kd-…``) and the same student trained
+without it (``scratch-…``): digits MLP from the CNN, a 2-layer TinyGPT from the 6-layer one (token-
+and sequence-level), and the shipped 3-layer MiniLM (``scratch-…`` is the same student before
+distillation: teacher layers 0, 2, 4 and nothing else)."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from . import distill as D
+from .bench import BenchContext, register, row
+from .data import char_corpus, load_digits
+from .measure import accuracy, count_parameters, speed_ratio
+from .minilm import embed, fidelity, heldout_lines, load_minilm
+from .models import DigitsMLP, GPTConfig, TinyGPT
+from .teachers import load_digits_cnn, load_minilm_student, load_tinygpt
+from .train import evaluate_lm, predict, set_seed, train_classifier, train_lm
+
+DIGITS_EPOCHS, DIGITS_SEEDS, T_DIGITS, ALPHA_DIGITS = 40, (10, 11, 12, 13, 14), 4.0, 0.5
+GPT_STEPS = 300
+
+
+@register("distillation")
+def distillation_rows(ctx: BenchContext) -> list[dict]:
+    rows = []
+    d = load_digits()
+    cnn = load_digits_cnn()
+    base_acc = accuracy(predict(cnn, d.x_test), d.y_test)
+    x = d.x_test[:256]
+    for kd in (False, True):
+        accs = []
+        for seed in DIGITS_SEEDS:
+            set_seed(seed)
+            s = DigitsMLP(32)
+            if kd:
+                D.distill_classifier(s, cnn, d.x_train, d.y_train, epochs=DIGITS_EPOCHS, T=T_DIGITS, alpha=ALPHA_DIGITS,
+                                     lr=3e-3, seed=seed, progress=False)
+            else:
+                train_classifier(s, d.x_train, d.y_train, epochs=DIGITS_EPOCHS, lr=3e-3, seed=seed, progress=False)
+            accs.append(accuracy(predict(s, d.x_test), d.y_test))
+        with torch.no_grad():
+            speed = speed_ratio(lambda: cnn(x), lambda s=s: s(x), repeats=ctx.repeats)["ratio"]
+        setting = dict(temperature=T_DIGITS, alpha=ALPHA_DIGITS) if kd else {}
+        rows.append(row("distillation", "kd-soft-labels" if kd else "scratch-labels", "digits-cnn", "accuracy", base_acc,
+                        statistics.mean(accs), count_parameters(s) / count_parameters(cnn), speed, batch=256, **setting))
+
+    corpus, gpt = char_corpus(), load_tinygpt()
+    base = evaluate_lm(gpt, corpus)
+    cfg = GPTConfig(vocab_size=corpus.vocab_size, block_size=128, n_layer=2, n_head=2, n_embd=64)
+    tokens = torch.randint(corpus.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
+    kw = dict(steps=GPT_STEPS, batch_size=32, lr=3e-3, warmup=30, seed=0, progress=False)
+    students = {}
+    for method in ("scratch-text", "kd-token", "kd-sequence"):
+        set_seed(0)
+        s = TinyGPT(cfg)
+        if method == "scratch-text":
+            train_lm(s, corpus, **kw)
+        elif method == "kd-token":
+            D.distill_lm(s, gpt, corpus, T=1.0, alpha=0.0, **kw)
+        else:
+            written = D.teacher_corpus(gpt, corpus, n_chars=GPT_STEPS * 32 * 4, prompt_len=32, batch=64, seed=0, progress=False)
+            train_lm(s, written, **kw)
+        students[method] = s
+        with torch.no_grad():
+            speed = speed_ratio(lambda: gpt(tokens), lambda s=s: s(tokens), repeats=ctx.repeats)["ratio"]
+        rows.append(row("distillation", method, "tinygpt", "val_loss", base, evaluate_lm(s, corpus),
+                        count_parameters(s) / count_parameters(gpt), speed, batch=8,
+                        **({"temperature": 1.0, "alpha": 0.0} if method == "kd-token" else {})))
+
+    minilm = load_minilm()
+    held = heldout_lines()
+    e_ref = embed(minilm, held)
+    batch = held[:32]
+    for method, student in (("scratch-layer-subset", D.minilm_student(minilm)), ("kd-hidden-states", load_minilm_student(minilm))):
+        fid = fidelity(e_ref, student, held)
+        speed = speed_ratio(lambda: embed(minilm, batch), lambda s=student: embed(s, batch), repeats=ctx.repeats)["ratio"]
+        size = count_parameters(student) / count_parameters(minilm)
+        for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
+            rows.append(row("distillation", method, "minilm", metric, 1.0, value, size, speed, batch=32, part="all"))
+    return rows
