@@ -27,7 +27,8 @@ MODELS = ("digits-cnn", "tinygpt", "minilm")
 METRICS = ("accuracy", "val_loss", "cosine", "top10")
 FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "structured",
             "svd", "asvd", "kd", "scratch", "combo")
-SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch"}
+SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch",
+                "train_size"}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Train the course's teachers once and save them under ``lightweight/assets/``.
 
-    python -m lightweight.pretrain [--only digits-cnn tinygpt minilm-student]
+    python -m lightweight.pretrain [--only digits-cnn tinygpt minilm-student tinygpt-text]
 
 The digits CNN takes seconds; the TinyGPT (3,000 steps) about 15 minutes on a 2-core CPU; the
-3-layer MiniLM student of chapter 1 (distilled from all-MiniLM-L6-v2, 4,000 steps) about as long.
+3-layer MiniLM student of chapter 1 (distilled from all-MiniLM-L6-v2, 4,000 steps) about as long;
+the 300,000 characters written by the TinyGPT teacher for chapter 1 a few minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TINYGPT_CONFIG = dict(block_size=128, n_layer=6, n_head=4, n_embd=128)
 TINYGPT_STEPS = 3000
 STUDENT_STEPS = 4000
 STUDENT_LINES = 20000
+WRITTEN_CHARS = 300_000
 
 
 def pretrain_digits_cnn(seed: int = 0) -> dict[str, float]:
@@ -70,6 +72,18 @@ def pretrain_minilm_student(steps: int = STUDENT_STEPS, seed: int = 0) -> dict[s
     return {"cosine": fid.cosine, "top10": fid.top10, "minutes": run["seconds"] / 60}
 
 
+def write_teacher_text(n_chars: int = WRITTEN_CHARS, seed: int = 0) -> dict[str, float]:
+    """Sequence-level distillation data for chapter 1: ``n_chars`` characters written by the TinyGPT
+    teacher (continuations of 32-character prompts from the training text, temperature 1)."""
+    from .distill import teacher_corpus
+    from .teachers import load_tinygpt, save_teacher_text
+
+    corpus = char_corpus()
+    written = teacher_corpus(load_tinygpt(), corpus, n_chars=n_chars, prompt_len=32, batch=64, seed=seed)
+    save_teacher_text(corpus.decode(written.split("train")))
+    return {"chars": float(n_chars)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(TEACHERS), default=sorted(TEACHERS))
@@ -81,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
             stats = pretrain_digits_cnn()
         elif name == "tinygpt":
             stats = pretrain_tinygpt(steps=args.steps)
-        else:
+        elif name == "minilm-student":
             stats = pretrain_minilm_student()
+        else:
+            stats = write_teacher_text()
         minutes = (time.perf_counter() - start) / 60
         print(f"{name}: {json.dumps({k: round(v, 4) for k, v in stats.items()})} in {minutes:.1f} min")
 

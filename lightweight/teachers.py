@@ -19,7 +19,7 @@ from .models import DigitsCNN, GPTConfig, TinyGPT
 
 ASSETS = Path(__file__).parent / "assets"
 TEACHERS = {"digits-cnn": "digits_cnn.safetensors", "tinygpt": "tinygpt.safetensors",
-            "minilm-student": "minilm_student.safetensors"}
+            "minilm-student": "minilm_student.safetensors", "tinygpt-text": "tinygpt_written.txt"}
 
 
 def teacher_path(name: str) -> Path:
@@ -95,7 +95,24 @@ def student_metadata() -> dict[str, str]:
     return _read("minilm-student")[1]
 
 
+def save_teacher_text(text: str) -> Path:
+    """Write the text the TinyGPT teacher generated (UTF-8)."""
+    path = teacher_path("tinygpt-text")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_teacher_text() -> str:
+    """The 300,000 characters written by the TinyGPT teacher (sequence-level distillation data)."""
+    path = teacher_path("tinygpt-text")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; recreate it with `python -m lightweight.pretrain --only tinygpt-text`")
+    return path.read_text(encoding="utf-8")
+
+
 def load_teacher(name: str) -> nn.Module:
     """Load a shipped model by name: ``"digits-cnn"``, ``"tinygpt"`` or ``"minilm-student"``."""
     teacher_path(name)  # validates the name
+    if name == "tinygpt-text":
+        raise ValueError("tinygpt-text is text, not a model: use load_teacher_text()")
     return {"digits-cnn": load_digits_cnn, "tinygpt": load_tinygpt, "minilm-student": load_minilm_student}[name]()
