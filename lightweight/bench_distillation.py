@@ -22,7 +22,7 @@ from .teachers import load_digits_cnn, load_minilm_student, load_teacher_text, l
 from .train import evaluate_lm, predict, set_seed, train_classifier, train_lm
 
 DIGITS_EPOCHS = {100: 200, 1078: 40}  # about the same number of steps for both sizes
-GRID = [(T, a) for T in (1.0, 2.0, 4.0, 8.0) for a in (0.1, 0.5, 0.9)]
+GRID = [(T, a) for T in (1.0, 2.0, 4.0, 8.0, 16.0) for a in (0.1, 0.5, 0.9)]
 GPT_STEPS = 300
 
 

@@ -56,7 +56,7 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
                             param_ratio=rho, part="linear", batch=8))
 
     minilm = load_minilm()
-    held, cal = heldout_lines(), calibration_lines(256)
+    held, cal = heldout_lines(), calibration_lines()
     e_ref = embed(minilm, held)
     batch = held[:32]
     probe = cal[:32]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .calibration import observe_linear_inputs
+from .prune import collect_input_stats
 from .train import progress_bar
 
 METHODS = ("plain", "asvd", "whiten")
@@ -159,17 +159,6 @@ def factorize_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
 
 
 # ----------------------------------------------------------------------------- whole models
-class _Gram:
-    """Accumulates ``H = X^T X`` ``(n, n)`` of a Linear's inputs."""
-
-    def __init__(self, n: int):
-        self.H = torch.zeros(n, n, dtype=torch.float64)
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
-        self.H += x.T @ x
-
-
 def _matrix(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().flatten(1)
 
@@ -317,7 +306,7 @@ def factorize_(
 
     grams = {}
     if method != "plain":
-        grams = observe_linear_inputs(model, run_calibration, lambda lin: _Gram(lin.in_features), layers)
+        grams = collect_input_stats(model, run_calibration, layers)
     decomps = {}
     for k, layer in layers.items():
         if method == "plain":

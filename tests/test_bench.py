@@ -47,3 +47,8 @@ def test_baseline_benchmark_command_writes_rows(tmp_path):
     text = md.read_text(encoding="utf-8")
     assert data["machine"] in text
     assert sum(line.startswith("| baseline |") for line in text.splitlines()) == len(data["rows"])
+
+
+def test_every_technique_chapter_registers_its_rows():
+    registry = bench._registry()
+    assert {"baseline", "distillation", "pruning", "lowrank", "quantization"} <= set(registry)

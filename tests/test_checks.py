@@ -213,6 +213,8 @@ def test_ch03_right_answers_pass_and_typical_mistakes_get_hints():
     mistakes = [
         (ch03.truncated_svd, lambda W, r: svd(W, r, keep_s=False), "giá trị kỳ dị"),
         (ch03.truncated_svd, lambda W, r: svd(W, r + 1), "hình dạng"),
+        (ch03.truncated_svd, lambda W, r: (lambda U, S, Vh: (U[:, :r] * S[:r], Vh[:r]))(*torch.linalg.svd(W, full_matrices=False)),
+         "chia đều"),
         (ch03.rank_for_energy, lambda s, e: int((torch.cumsum(s, 0) / s.sum() < e).sum()) + 1, "σ_i²"),
         (ch03.rank_for_energy, lambda s, e: max(L.rank_for_energy(s, e) - 1, 0), "thiếu"),
         (ch03.lowrank_linear, lambda lin, r: Good(lin, r, double_bias=True), "hai lần"),
@@ -272,7 +274,7 @@ def test_ch01_right_answers_pass_and_typical_mistakes_get_hints():
         (ch01.kd_loss, lambda s, t, y, T, a: kd(s, t, y, T, a, reduction="mean"), "batchmean"),
         (ch01.distill_step, lambda *args: step(*args, no_grad=False), "no_grad"),
         (ch01.token_kd, lambda s, t, T: F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T,
-         "(B·T, V)"),
+         "(B·L, V)"),
         (ch01.choose_setting, lambda r: max(r, key=lambda k: r[k]["test"]), "kiểm tra"),
         (ch01.reverse_kl, lambda s, t: D.kd_loss(s, t, None, 1.0, 0.0), "KL xuôi"),
     ]

@@ -129,6 +129,6 @@ def test_shipped_minilm_student_is_the_one_described(minilm):
     meta = student_metadata()
     student = load_minilm_student(minilm)
     fid = fidelity(minilm, student)
-    assert abs(fid.cosine - float(meta["cosine"])) < 2e-3  # FP16 storage changes almost nothing
+    assert abs(fid.cosine - float(meta["cosine"])) < 1e-4  # the metadata was measured on the shipped INT8 weights
     assert fid.cosine > fidelity(minilm, D.minilm_student(minilm)).cosine + 0.3
     assert int(meta["steps"]) > 0 and len(student[0].model.encoder.layer) == len(json.loads(meta["layers"]))

@@ -109,10 +109,10 @@ def token_kd(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) ->
         want = float(D.kd_loss(s.flatten(0, 1), t.flatten(0, 1), None, T, 0.0))
         per_seq = float(F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="batchmean", log_target=True)) * T * T
         if math.isclose(got, per_seq, rel_tol=1e-4):
-            raise CheckFailed("'batchmean' trên tensor (B, T, V) chỉ chia cho B: hãy làm phẳng thành (B·T, V) "
+            raise CheckFailed("'batchmean' trên tensor (B, L, V) chỉ chia cho B: hãy làm phẳng thành (B·L, V) "
                               "để lấy trung bình trên mọi vị trí.")
         expect_close(got, want, f"token_kd(T={T})", rel=1e-4,
-                     hint="làm phẳng logit thành (B·T, V), rồi T²·KL(softmax(thầy/T) ‖ softmax(trò/T)) trung bình theo vị trí.")
+                     hint="làm phẳng logit thành (B·L, V), rồi T²·KL(softmax(thầy/T) ‖ softmax(trò/T)) trung bình theo vị trí.")
 
 
 @exercise("ch01.choose_setting", "Chọn T và α cho đúng cách")

@@ -48,6 +48,9 @@ def truncated_svd(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Te
                 raise CheckFailed(f"sai số ứng với hạng {off}, không phải {r}: giữ đúng r cột đầu của U, r giá trị S, r hàng đầu của Vᵀ.")
         expect_close(err, best, f"‖W − AB‖_F với r = {r}", rel=1e-3,
                      hint="theo Eckart–Young, sai số nhỏ nhất là √(Σ_{i>r} σ_i²): giữ r thành phần có σ lớn nhất.")
+        expect(abs(A.norm().item() - B.norm().item()) <= 1e-3 * B.norm().item(),
+               "A @ B đã đúng, nhưng hãy chia đều các giá trị kỳ dị cho hai thừa số: A = U_r·√S_r, B = √S_r·V_rᵀ "
+               "(hai thừa số cùng cỡ, có lợi khi lượng tử hóa chúng sau này).")
 
 
 @exercise("ch03.counting", "Số tham số và hạng hòa vốn")
