@@ -41,7 +41,7 @@ pretrain: $(STAMP)
 	$(BIN)/python -m lightweight.pretrain
 
 bench: $(STAMP)
-	$(BIN)/python -m lightweight.bench --all --json _build/bench.json --markdown _build/bench.md
+	$(BIN)/python -m lightweight.bench --all --json book/bench/results.json --markdown book/bench/results.md
 
 clean:
 	rm -rf _build

@@ -28,7 +28,8 @@ METRICS = ("accuracy", "val_loss", "cosine", "top10")
 FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "structured",
             "svd", "asvd", "kd", "scratch", "combo")
 SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch",
-                "train_size"}
+                "train_size", "minutes"}
+NEEDS = ("none", "calibration", "training")  # what producing the compressed model takes besides the model
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ def register(chapter: str) -> Callable[[Callable[[BenchContext], list[dict]]], C
 
 def row(
     chapter: str, method: str, model: str, metric: str, baseline: float, value: float,
-    size_ratio: float | None, speed_ratio: float | None, **setting: object,
+    size_ratio: float | None, speed_ratio: float | None, *, needs: str, **setting: object,
 ) -> dict:
-    """One validated result row (see DESIGN of the benchmark in the book's appendix)."""
+    """One validated result row. ``needs``: what making the compressed model takes besides the model
+    itself: ``"none"``, ``"calibration"`` data (a few hundred unlabeled inputs) or ``"training"``."""
     if chapter not in CHAPTERS:
         raise ValueError(f"unknown chapter {chapter!r}")
     if method.split("-")[0] not in FAMILIES:
@@ -66,6 +68,8 @@ def row(
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS} or a timing-only model")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {NEEDS}, got {needs!r}")
     unknown = set(setting) - SETTING_KEYS
     if unknown:
         raise ValueError(f"unknown setting keys {sorted(unknown)}; expected some of {sorted(SETTING_KEYS)}")
@@ -75,13 +79,25 @@ def row(
     r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
     return {"chapter": chapter, "method": method, "model": model, "metric": metric,
             "baseline": r(baseline), "value": r(value), "size_ratio": r(size_ratio),
-            "speed_ratio": r(speed_ratio), "setting": setting}
+            "speed_ratio": r(speed_ratio), "needs": needs, "setting": setting}
 
 
 def machine() -> str:
     """A one-line description of the machine the rows were measured on."""
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"{platform.system()}, Python {platform.python_version()}, torch {torch.__version__}")
+
+
+RESULTS_PATH = Path(__file__).resolve().parents[1] / "book" / "bench" / "results.json"  # written by `make bench`
+
+
+def load_results(path: Path | str | None = None) -> tuple[str, list[dict]]:
+    """``(machine, rows)`` of a results file written with ``--json`` (default: the one the book shows)."""
+    path = Path(path) if path is not None else RESULTS_PATH
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run `make bench` (python -m lightweight.bench --all --json {path})")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data["machine"], data["rows"]
 
 
 def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
@@ -96,23 +112,23 @@ def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
     return rows
 
 
-def to_markdown(rows: list[dict]) -> str:
-    """The table the book shows, with the machine it was measured on."""
+def to_markdown(rows: list[dict], measured_on: str | None = None) -> str:
+    """The table the book shows, with the machine it was measured on (default: this one)."""
     fmt = lambda v: "—" if v is None else f"{v:g}"  # noqa: E731
-    lines = [f"Đo trên (measured on): {machine()}", "",
-             "| chapter | method | model | metric | baseline | value | size ratio | speed ratio | setting |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Đo trên (measured on): {measured_on or machine()}", "",
+             "| chapter | method | model | metric | baseline | value | size ratio | speed ratio | needs | setting |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items())
         lines.append(f"| {r['chapter']} | {r['method']} | {r['model']} | {r['metric']} | {fmt(r['baseline'])} | "
-                     f"{fmt(r['value'])} | {fmt(r['size_ratio'])} | {fmt(r['speed_ratio'])} | {setting} |")
+                     f"{fmt(r['value'])} | {fmt(r['size_ratio'])} | {fmt(r['speed_ratio'])} | {r['needs']} | {setting} |")
     return "\n".join(lines) + "\n"
 
 
 def _registry() -> dict[str, Callable[[BenchContext], list[dict]]]:
     """The chapters' benchmarks. They register into the module ``lightweight.bench``, which is not
     this module object when it runs as ``python -m lightweight.bench`` (then it is ``__main__``)."""
-    from . import bench_baseline, bench_distillation, bench_lowrank, bench_pruning, bench_quantization  # noqa: F401  (each registers its chapter)
+    from . import bench_baseline, bench_combine, bench_distillation, bench_lowrank, bench_pruning, bench_quantization  # noqa: F401  (each registers its chapter)
     from .bench import REGISTRY as registry
 
     return registry

@@ -17,14 +17,14 @@ def baseline_rows(ctx: BenchContext) -> list[dict]:
     d = load_digits()
     cnn = load_digits_cnn()
     acc = accuracy(predict(cnn, d.x_test), d.y_test)
-    rows = [row("baseline", "fp32", "digits-cnn", "accuracy", acc, acc, 1.0, 1.0, part="all")]
+    rows = [row("baseline", "fp32", "digits-cnn", "accuracy", acc, acc, 1.0, 1.0, needs="none", part="all")]
 
     gpt = load_tinygpt()
     loss = evaluate_lm(gpt, char_corpus())
-    rows.append(row("baseline", "fp32", "tinygpt", "val_loss", loss, loss, 1.0, 1.0, part="all"))
+    rows.append(row("baseline", "fp32", "tinygpt", "val_loss", loss, loss, 1.0, 1.0, needs="none", part="all"))
 
     minilm = load_minilm()
-    rows.append(row("baseline", "fp32", "minilm", "cosine", 1.0, 1.0, 1.0, 1.0, part="all"))
+    rows.append(row("baseline", "fp32", "minilm", "cosine", 1.0, 1.0, 1.0, 1.0, needs="none", part="all"))
     q = ao_dynamic_int8(minilm)
     fid = fidelity(minilm, q)
     fp32_bytes, int8_bytes = ao_linear_weight_bytes(minilm)
@@ -34,5 +34,5 @@ def baseline_rows(ctx: BenchContext) -> list[dict]:
     for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
         for b, s in speeds.items():
             rows.append(row("baseline", "int8-ao-dynamic", "minilm", metric, 1.0, value,
-                            int8_bytes / fp32_bytes, s, bits=8, part="linear", batch=b))
+                            int8_bytes / fp32_bytes, s, needs="none", bits=8, part="linear", batch=b))
     return rows

@@ -58,7 +58,7 @@ def distillation_rows(ctx: BenchContext) -> list[dict]:
             setting = dict(temperature=T, alpha=alpha) if kd else {}
             rows.append(row("distillation", "kd-soft-labels" if kd else "scratch-labels", "digits-cnn", "accuracy", base_acc,
                             statistics.mean(r[0] for r in runs), count_parameters(s) / count_parameters(cnn), speed,
-                            batch=256, train_size=n, **setting))
+                            needs="training", batch=256, train_size=n, **setting))
 
     corpus, gpt = char_corpus(), load_tinygpt()
     base = evaluate_lm(gpt, corpus)
@@ -77,7 +77,7 @@ def distillation_rows(ctx: BenchContext) -> list[dict]:
         with torch.no_grad():
             speed = speed_ratio(lambda: gpt(tokens), lambda s=s: s(tokens), repeats=ctx.repeats)["ratio"]
         rows.append(row("distillation", method, "tinygpt", "val_loss", base, evaluate_lm(s, corpus),
-                        count_parameters(s) / count_parameters(gpt), speed, batch=8,
+                        count_parameters(s) / count_parameters(gpt), speed, needs="training", batch=8,
                         **({"temperature": 1.0, "alpha": 0.0} if method == "kd-token" else {})))
 
     minilm = load_minilm()
@@ -89,5 +89,5 @@ def distillation_rows(ctx: BenchContext) -> list[dict]:
         speed = speed_ratio(lambda: embed(minilm, batch), lambda s=student: embed(s, batch), repeats=ctx.repeats)["ratio"]
         size = count_parameters(student) / count_parameters(minilm)
         for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
-            rows.append(row("distillation", method, "minilm", metric, 1.0, value, size, speed, batch=32, part="all"))
+            rows.append(row("distillation", method, "minilm", metric, 1.0, value, size, speed, needs="training", batch=32, part="all"))
     return rows

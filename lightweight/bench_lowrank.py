@@ -38,7 +38,7 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
         train_classifier(m, d.x_train, d.y_train, epochs=15, lr=1e-3, seed=0, progress=False)
         rows.append(row("lowrank", "svd-plain-finetuned", "digits-cnn", "accuracy", base_acc, acc(m),
                         L.factorized_ratio(m, ranks, shapes), speed_ratio(lambda: cnn(x), lambda m=m: m(x), repeats=ctx.repeats)["ratio"],
-                        param_ratio=rho, part="conv+linear", batch=256))
+                        needs="training", param_ratio=rho, part="conv+linear", batch=256))
 
     corpus, gpt = char_corpus(), load_tinygpt()
     base_loss = evaluate_lm(gpt, corpus)
@@ -53,7 +53,8 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
             speed = speed_ratio(lambda: gpt(tokens), lambda m=m: m(tokens), repeats=ctx.repeats)["ratio"]
             rows.append(row("lowrank", NAMES[method], "tinygpt", "val_loss", base_loss,
                             evaluate_lm(m, corpus), L.factorized_ratio(m, ranks, shapes), speed,
-                            param_ratio=rho, part="linear", batch=8))
+                            needs="none" if method == "plain" else "calibration", param_ratio=rho, part="linear",
+                            batch=8))
 
     minilm = load_minilm()
     held, cal = heldout_lines(), calibration_lines()
@@ -75,5 +76,6 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
             size = L.factorized_ratio(m, ranks, shapes)
             for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
                 rows.append(row("lowrank", name, "minilm", metric, 1.0, value, size, speed,
-                                param_ratio=rho, part="linear", batch=32))
+                                needs="none" if method == "plain" else "calibration", param_ratio=rho, part="linear",
+                                batch=32))
     return rows

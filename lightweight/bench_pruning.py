@@ -40,13 +40,13 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
         train_classifier(m, d.x_train, d.y_train, epochs=15, lr=1e-3, seed=0, progress=False)
         dense_speed = speed_ratio(lambda: cnn(x), lambda: m(x), repeats=ctx.repeats)["ratio"]  # zeros, dense kernels
         rows.append(row("pruning", "magnitude-global-finetuned", "digits-cnn", "accuracy", base_acc, acc(m),
-                        _storage_ratio(m, P.PRUNABLE), dense_speed, sparsity=s, part="conv+linear"))
+                        _storage_ratio(m, P.PRUNABLE), dense_speed, needs="training", sparsity=s, part="conv+linear"))
     small = P.prune_cnn_channels(cnn, 0.5)
     train_classifier(small, d.x_train, d.y_train, epochs=15, lr=1e-3, seed=0, progress=False)
     rows.append(row("pruning", "structured-l1-channels", "digits-cnn", "accuracy", base_acc, acc(small),
                     count_parameters(small) / count_parameters(cnn),
                     speed_ratio(lambda: cnn(x), lambda: small(x), repeats=ctx.repeats)["ratio"],
-                    sparsity=0.5, part="all"))
+                    needs="training", sparsity=0.5, part="all"))
 
     corpus = char_corpus()
     gpt = load_tinygpt()
@@ -60,7 +60,7 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
     P.to_sparse_execution_(sparse)
     rows.append(row("pruning", "magnitude-global-csr", "tinygpt", "val_loss", base_loss, loss, csr_ratio,
                     speed_ratio(lambda: gpt(tokens), lambda: sparse(tokens), repeats=ctx.repeats)["ratio"],
-                    sparsity=0.9, part="linear"))
+                    needs="training", sparsity=0.9, part="linear"))
     gen = torch.Generator().manual_seed(1)
     importance = P.gpt_importance(gpt, [corpus.get_batch("train", 16, 128, gen) for _ in range(8)])
     small_gpt = P.prune_gpt_(copy.deepcopy(gpt), importance, head_ratio=0.25, neuron_ratio=0.5)
@@ -68,7 +68,7 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
     rows.append(row("pruning", "structured-heads-neurons", "tinygpt", "val_loss", base_loss,
                     evaluate_lm(small_gpt, corpus), count_parameters(small_gpt) / count_parameters(gpt),
                     speed_ratio(lambda: gpt(tokens), lambda: small_gpt(tokens), repeats=ctx.repeats)["ratio"],
-                    part="all"))
+                    needs="training", part="all"))
 
     minilm = load_minilm()
     held, cal = heldout_lines(), calibration_lines()
@@ -79,5 +79,5 @@ def pruning_rows(ctx: BenchContext) -> list[dict]:
         fid, size = fidelity(e_ref, m, held), _storage_ratio(m, (nn.Linear,))
         for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
             rows.append(row("pruning", f"{method}-oneshot", "minilm", metric, 1.0, value, size, None,
-                            sparsity=0.5, part="linear"))
+                            needs="none" if method == "magnitude" else "calibration", sparsity=0.5, part="linear"))
     return rows

@@ -46,7 +46,7 @@ def quantization_rows(ctx: BenchContext) -> list[dict]:
             else:
                 Q.quantize_(q, bits, gs)
             size = _size_ratio(model, q)
-            setting = dict(bits=bits, group_size=gs, part="linear")
+            setting = dict(needs="calibration" if gptq else "none", bits=bits, group_size=gs, part="linear")
             if name == "tinygpt":  # weight-only: dequantized in forward, so the speed ratio is the overhead
                 speed = speed_ratio(lambda: gpt(tokens), lambda q=q: q(tokens), repeats=ctx.repeats)["ratio"]
                 rows.append(row("quantization", method, "tinygpt", "val_loss", base, evaluate_lm(q, corpus), size, speed,
@@ -63,5 +63,5 @@ def quantization_rows(ctx: BenchContext) -> list[dict]:
         batch = held[:b]
         ratio = speed_ratio(lambda: embed(minilm, batch), lambda: embed(fast, batch), repeats=ctx.repeats)["ratio"]
         rows.append(row("quantization", "int8-fbgemm-ours", "minilm", "cosine", 1.0, fid.cosine, None, ratio,
-                        bits=8, part="linear", batch=b))
+                        needs="none", bits=8, part="linear", batch=b))
     return rows

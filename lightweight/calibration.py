@@ -25,6 +25,12 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return layers
 
 
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` (dotted path) is, in place."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 def replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module], skip: Iterable[str] = ()) -> nn.Module:
     """Replace every ``nn.Linear`` (except names in ``skip``) by ``make(name, linear)``, in place."""
     skip = set(skip)
@@ -32,8 +38,7 @@ def replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module
     if not targets:
         raise ValueError("the model has no nn.Linear layer to replace")
     for name, lin in targets:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, make(name, lin))
+        set_module(model, name, make(name, lin))
     return model
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from .calibration import set_module
 from .prune import collect_input_stats
 from .train import progress_bar
 
@@ -330,7 +331,7 @@ def factorize_(
 
     for k, layer in layers.items():
         if ranks[k] is not None:
-            _swap(model, k, _build(layer, decomps[k], ranks[k]))
+            set_module(model, k, _build(layer, decomps[k], ranks[k]))
     return ranks
 
 
@@ -345,11 +346,6 @@ def _build(layer: nn.Module, decomp: tuple[torch.Tensor, torch.Tensor, torch.Ten
     return LowRankLinear.from_factors(A, B, bias)
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def _scan(model: nn.Module, layers: dict[str, nn.Module], decomps: dict, score: Callable[[nn.Module], float],
           ratios: Iterable[float], progress: bool) -> dict[str, dict[float, float]]:
     """``{name: {ratio: score(model)}}`` with only that layer factorized (restored afterwards)."""
@@ -360,11 +356,11 @@ def _scan(model: nn.Module, layers: dict[str, nn.Module], decomps: dict, score: 
     jobs = [(k, rho) for k in layers for rho in ratios]
     for k, rho in progress_bar(jobs, progress, desc="sensitivity scan"):
         m, n = _matrix(layers[k]).shape
-        _swap(model, k, _build(layers[k], decomps[k], rank_for_ratio(m, n, rho)))
+        set_module(model, k, _build(layers[k], decomps[k], rank_for_ratio(m, n, rho)))
         try:
             out[k][rho] = float(score(model))
         finally:
-            _swap(model, k, layers[k])
+            set_module(model, k, layers[k])
     return out
 
 

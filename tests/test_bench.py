@@ -8,17 +8,19 @@ from lightweight import bench
 
 def test_row_validation():
     r = bench.row("quantization", "int4-gptq-g128", "minilm", "cosine", 1.0, 0.98123, 0.16, 0.93,
-                  bits=4, group_size=128)
+                  needs="calibration", bits=4, group_size=128)
     assert r == {"chapter": "quantization", "method": "int4-gptq-g128", "model": "minilm", "metric": "cosine",
                  "baseline": 1.0, "value": 0.9812, "size_ratio": 0.16, "speed_ratio": 0.93,
-                 "setting": {"bits": 4, "group_size": 128}}
-    assert bench.row("pruning", "structured-l1", "torchvision-resnet18", "accuracy", 1, 1, None, 2.0)["size_ratio"] is None
+                 "needs": "calibration", "setting": {"bits": 4, "group_size": 128}}
+    assert bench.row("pruning", "structured-l1", "torchvision-resnet18", "accuracy", 1, 1, None, 2.0,
+                     needs="training")["size_ratio"] is None
     for kwargs, match in [
         (dict(chapter="x"), "chapter"), (dict(method="foo-bar"), "family"), (dict(model="gpt5"), "model"),
         (dict(metric="bleu"), "metric"), (dict(size_ratio=0), "size_ratio"), (dict(colour=1), "setting"),
+        (dict(needs="gpu"), "needs"),
     ]:
         args = dict(chapter="baseline", method="fp32", model="minilm", metric="cosine", baseline=1.0, value=1.0,
-                    size_ratio=1.0, speed_ratio=1.0)
+                    size_ratio=1.0, speed_ratio=1.0, needs="none")
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             bench.row(**args)

@@ -281,3 +281,40 @@ def test_ch01_right_answers_pass_and_typical_mistakes_get_hints():
     for check, fn, hint in mistakes:
         r = run(check, fn)
         assert r.status == "fail" and hint in r.message, (check.__name__, r.message)
+
+
+def test_ch05_right_answers_pass_and_typical_mistakes_get_hints():
+    import torch
+
+    from lightweight import combine as C
+    from lightweight import prune as P
+    from lightweight import quantize as Q
+    from lightweight.checks import ch05
+
+    def ptq(w, s, b, g, affine=False, per_row=False, prune=True):
+        m = w * P.magnitude_mask(w, s) if prune else w
+        return Q.fake_quantize(m, b, None if per_row else g, symmetric=not affine)
+
+    right = [(ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g)), (ch05.prune_then_quantize, ptq),
+             (ch05.pareto_front, C.pareto_front)]
+    for check, fn in right:
+        assert run(check, fn).passed, (check.__name__, checks.RESULTS[-1].message)
+    mistakes = [
+        (ch05.bits_per_weight, lambda s, b, g: (1 - s) * b + 16 / g if s else b + 16 / g, "bitmask"),
+        (ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g) - 16 / g, "hệ số tỉ lệ"),
+        (ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g) + 16 / g, "FP16"),
+        (ch05.bits_per_weight, lambda s, b, g: s * b + 1 + 16 / g if s else b + 16 / g, "phần bị cắt"),
+        (ch05.bits_per_weight, lambda s, b, g: (1 - s) * b + 1 + 16 / g if s else b + 16 / g, "min"),
+        (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, prune=False), "cắt tỉa theo độ lớn"),
+        (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, affine=True), "đối xứng"),
+        (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, per_row=True), "một scale cho cả hàng"),
+        (ch05.prune_then_quantize,
+         lambda w, s, b, g: Q.fake_quantize(w * P.magnitude_mask(w.abs().flip(0), s), b, g), "nhỏ nhất"),
+        (ch05.pareto_front, lambda pts: list(range(len(pts))), "mọi điểm"),
+        (ch05.pareto_front, lambda pts: C.pareto_front(pts, higher_is_better=True), "càng thấp càng tốt"),
+        (ch05.pareto_front, lambda pts: sorted(C.pareto_front(pts), key=lambda i: pts[i][1]), "sắp xếp"),
+        (ch05.pareto_front, lambda pts: sorted(C.pareto_front(pts) + ([4] if len(pts) == 7 else [])), "vượt mặt"),
+    ]
+    for check, fn, hint in mistakes:
+        r = run(check, fn)
+        assert r.status == "fail" and hint in r.message, (check.__name__, hint, r.message)
