@@ -47,8 +47,9 @@ def advise(
     for r in rows:
         if r["needs"] not in NEEDS:
             raise ValueError(f"row {r['method']!r} has an unknown 'needs': {r['needs']!r}")
-    fit = [r for r in rows if r["needs"] in allowed and quality_drop(r) <= max_drop and r["size_ratio"] is not None
+    fit = [r for r in rows if r["needs"] in allowed and quality_drop(r) <= max_drop
            and (not need_speedup or (r["speed_ratio"] or 0) > 1)]
-    if goal == "size":
-        return sorted(fit, key=lambda r: (r["size_ratio"], quality_drop(r)))
-    return sorted([r for r in fit if r["speed_ratio"] is not None], key=lambda r: (-r["speed_ratio"], r["size_ratio"]))
+    if goal == "size":  # rows whose size was not measured (speed-only rows) cannot be ranked by size
+        return sorted([r for r in fit if r["size_ratio"] is not None], key=lambda r: (r["size_ratio"], quality_drop(r)))
+    return sorted([r for r in fit if r["speed_ratio"] is not None],
+                  key=lambda r: (-r["speed_ratio"], r["size_ratio"] if r["size_ratio"] is not None else 1.0))

@@ -166,8 +166,7 @@ def bits_per_weight(sparsity: float, bits: int, group_size: int | None, scale_bi
     g = group_size if group_size is not None else in_features
     if g is None or g <= 0 or bits <= 0:
         raise ValueError("give positive bits and a group size (or in_features for one scale per row)")
-    values = bits if sparsity == 0 else min((1 - sparsity) * bits + 1, bits)  # the smaller format
-    return values + scale_bits / g
+    return min((1 - sparsity) * bits + 1, bits) + scale_bits / g  # the smaller of the two formats
 
 
 # ----------------------------------------------------------------------------- Pareto

@@ -295,25 +295,45 @@ def test_ch05_right_answers_pass_and_typical_mistakes_get_hints():
         m = w * P.magnitude_mask(w, s) if prune else w
         return Q.fake_quantize(m, b, None if per_row else g, symmetric=not affine)
 
+    from lightweight.advise import quality_drop
+
+    def ratio(fp32, fixed, n, b, forget_fixed=False, bits_as_bytes=False, inverse=False):
+        stored = (0 if forget_fixed else fixed) + n * b / (1 if bits_as_bytes else 8)
+        return stored / fp32 if inverse else fp32 / stored
+
+    def drop(r, relative_acc=False, absolute_loss=False, flip=False):
+        d = quality_drop(r)
+        if relative_acc and r["metric"] == "accuracy":
+            d = d / r["baseline"]
+        if absolute_loss and r["metric"] == "val_loss":
+            d = r["value"] - r["baseline"]
+        return -d if flip else d
+
     right = [(ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g)), (ch05.prune_then_quantize, ptq),
-             (ch05.pareto_front, C.pareto_front)]
+             (ch05.pareto_front, C.pareto_front), (ch05.whole_model_ratio, ratio), (ch05.quality_drop, quality_drop)]
     for check, fn in right:
         assert run(check, fn).passed, (check.__name__, checks.RESULTS[-1].message)
     mistakes = [
         (ch05.bits_per_weight, lambda s, b, g: (1 - s) * b + 16 / g if s else b + 16 / g, "bitmask"),
-        (ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g) - 16 / g, "hệ số tỉ lệ"),
+        (ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g) - 16 / g, "quên các thang đo"),
         (ch05.bits_per_weight, lambda s, b, g: C.bits_per_weight(s, b, g) + 16 / g, "FP16"),
         (ch05.bits_per_weight, lambda s, b, g: s * b + 1 + 16 / g if s else b + 16 / g, "phần bị cắt"),
         (ch05.bits_per_weight, lambda s, b, g: (1 - s) * b + 1 + 16 / g if s else b + 16 / g, "min"),
         (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, prune=False), "cắt tỉa theo độ lớn"),
         (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, affine=True), "đối xứng"),
-        (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, per_row=True), "một scale cho cả hàng"),
+        (ch05.prune_then_quantize, lambda w, s, b, g: ptq(w, s, b, g, per_row=True), "một thang đo cho cả hàng"),
         (ch05.prune_then_quantize,
          lambda w, s, b, g: Q.fake_quantize(w * P.magnitude_mask(w.abs().flip(0), s), b, g), "nhỏ nhất"),
         (ch05.pareto_front, lambda pts: list(range(len(pts))), "mọi điểm"),
         (ch05.pareto_front, lambda pts: C.pareto_front(pts, higher_is_better=True), "càng thấp càng tốt"),
         (ch05.pareto_front, lambda pts: sorted(C.pareto_front(pts), key=lambda i: pts[i][1]), "sắp xếp"),
-        (ch05.pareto_front, lambda pts: sorted(C.pareto_front(pts) + ([4] if len(pts) == 7 else [])), "vượt mặt"),
+        (ch05.pareto_front, lambda pts: sorted(C.pareto_front(pts) + ([4] if len(pts) == 7 else [])), "trội hơn"),
+        (ch05.whole_model_ratio, lambda *a: ratio(*a, forget_fixed=True), "phần cố định"),
+        (ch05.whole_model_ratio, lambda *a: ratio(*a, bits_as_bytes=True), "chia cho 8"),
+        (ch05.whole_model_ratio, lambda *a: ratio(*a, inverse=True), "ngược"),
+        (ch05.quality_drop, lambda r: drop(r, relative_acc=True), "điểm phần trăm"),
+        (ch05.quality_drop, lambda r: drop(r, absolute_loss=True), "tương đối"),
+        (ch05.quality_drop, lambda r: drop(r, flip=True), "dấu"),
     ]
     for check, fn, hint in mistakes:
         r = run(check, fn)

@@ -117,6 +117,9 @@ def test_advise_filters_by_quality_needs_and_speed():
     assert advise(rows, "tinygpt", "val_loss", 0.05, can_train=False, has_calibration_data=False)[0]["method"] == "int8-rtn"
     assert advise(rows, "tinygpt", "val_loss", 0.01, need_speedup=True) == []
     assert advise(rows, "tinygpt", "val_loss", 1.0, goal="speed")[0]["method"] == "kd-token"
+    speed_only = _row("int8-fbgemm", 1.502, None, 9.0)
+    assert advise(rows + [speed_only], "tinygpt", "val_loss", 0.05, goal="speed")[0]["method"] == "int8-fbgemm"
+    assert speed_only not in advise(rows + [speed_only], "tinygpt", "val_loss", 0.05)
     assert quality_drop(rows[3]) == pytest.approx(0.04 / 1.5)
     assert quality_drop(_row("int8-x", 97.3, 0.5, model="digits-cnn", metric="accuracy", base=98.3)) == pytest.approx(1.0)
     for kwargs, match in [(dict(goal="cost"), "goal"), (dict(metric="bleu"), "metric"), (dict(max_drop=-1), "max_drop"),
