@@ -44,6 +44,27 @@ def _timed(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) / 60
 
 
+class _Rows(list):
+    """Rows of one model, each measured the same way against its FP32 ``reference``: quality by
+    ``evaluate``, whole-model stored bytes, and the speed ratio on ``inputs``."""
+
+    def __init__(self, ctx: BenchContext, model: str, metric: str, reference: nn.Module,
+                 evaluate: Callable[[nn.Module], float], inputs: torch.Tensor):
+        super().__init__()
+        self.ctx, self.model, self.metric, self.reference, self.evaluate, self.inputs = (
+            ctx, model, metric, reference, evaluate, inputs)
+        self.base, self.base_bytes = evaluate(reference), C.stored_bytes(reference)["total"]
+
+    def add(self, method: str, m: nn.Module, minutes: float, needs: str, value: float | None = None,
+            **setting: object) -> None:
+        with torch.no_grad():
+            speed = speed_ratio(lambda: self.reference(self.inputs), lambda: m(self.inputs),
+                                repeats=self.ctx.repeats)["ratio"]
+        self.append(row("combine", method, self.model, self.metric, self.base,
+                        self.evaluate(m) if value is None else value, C.stored_bytes(m)["total"] / self.base_bytes,
+                        speed, needs=needs, minutes=round(minutes, 3), part="all", batch=len(self.inputs), **setting))
+
+
 @register("combine")
 def combine_rows(ctx: BenchContext) -> list[dict]:
     return _digits_rows(ctx) + _tinygpt_rows(ctx)
@@ -52,16 +73,8 @@ def combine_rows(ctx: BenchContext) -> list[dict]:
 def _digits_rows(ctx: BenchContext) -> list[dict]:
     d, cnn = load_digits(), load_digits_cnn()
     acc = lambda m: accuracy(predict(m, d.x_test), d.y_test)  # noqa: E731
-    base_acc, base_bytes = acc(cnn), C.stored_bytes(cnn)["total"]
-    x = d.x_test[:256]
-    rows = []
-
-    def add(method: str, m: nn.Module, minutes: float, needs: str, value: float | None = None, **setting: object) -> None:
-        with torch.no_grad():
-            speed = speed_ratio(lambda: cnn(x), lambda: m(x), repeats=ctx.repeats)["ratio"]
-        rows.append(row("combine", method, "digits-cnn", "accuracy", base_acc, acc(m) if value is None else value,
-                        C.stored_bytes(m)["total"] / base_bytes, speed, needs=needs, minutes=round(minutes, 3),
-                        part="all", batch=256, **setting))
+    rows = _Rows(ctx, "digits-cnn", "accuracy", cnn, acc, d.x_test[:256])
+    add = rows.add
 
     for bits in (8, 4):
         m = copy.deepcopy(cnn)
@@ -90,19 +103,12 @@ def _digits_rows(ctx: BenchContext) -> list[dict]:
 def _tinygpt_rows(ctx: BenchContext) -> list[dict]:
     corpus, gpt = char_corpus(), load_tinygpt()
     ev = lambda m: evaluate_lm(m, corpus)  # noqa: E731
-    base, base_bytes = ev(gpt), C.stored_bytes(gpt)["total"]
     tokens = torch.randint(corpus.vocab_size, (8, gpt.cfg.block_size), generator=torch.Generator().manual_seed(0))
+    rows = _Rows(ctx, "tinygpt", "val_loss", gpt, ev, tokens)
+    add = rows.add
     gen = torch.Generator().manual_seed(0)
     cal = [corpus.get_batch("train", 16, 128, gen)[0] for _ in range(8)]
     run_cal = lambda m: [m(t) for t in cal]  # noqa: E731
-    rows = []
-
-    def add(method: str, m: nn.Module, minutes: float, needs: str, value: float | None = None, **setting: object) -> None:
-        with torch.no_grad():
-            speed = speed_ratio(lambda: gpt(tokens), lambda: m(tokens), repeats=ctx.repeats)["ratio"]
-        rows.append(row("combine", method, "tinygpt", "val_loss", base, ev(m) if value is None else value,
-                        C.stored_bytes(m)["total"] / base_bytes, speed, needs=needs, minutes=round(minutes, 3),
-                        part="all", batch=8, **setting))
 
     for bits, gs in ((8, None), (4, 128)):
         m = copy.deepcopy(gpt)
