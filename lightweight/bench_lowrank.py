@@ -37,7 +37,7 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
         ranks = L.factorize_(m, param_ratio=rho, types=types)
         train_classifier(m, d.x_train, d.y_train, epochs=15, lr=1e-3, seed=0, progress=False)
         rows.append(row("lowrank", "svd-plain-finetuned", "digits-cnn", "accuracy", base_acc, acc(m),
-                        L.factorized_ratio(m, ranks, shapes), speed_ratio(lambda: cnn(x), lambda m=m: m(x), repeats=ctx.repeats)["ratio"],
+                        L.factorized_ratio(ranks, shapes), speed_ratio(lambda: cnn(x), lambda m=m: m(x), repeats=ctx.repeats)["ratio"],
                         needs="training", param_ratio=rho, part="conv+linear", batch=256))
 
     corpus, gpt = char_corpus(), load_tinygpt()
@@ -52,7 +52,7 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
             ranks = L.factorize_(m, param_ratio=rho, method=method, run_calibration=lambda m=m: [m(t) for t in gpt_cal])
             speed = speed_ratio(lambda: gpt(tokens), lambda m=m: m(tokens), repeats=ctx.repeats)["ratio"]
             rows.append(row("lowrank", NAMES[method], "tinygpt", "val_loss", base_loss,
-                            evaluate_lm(m, corpus), L.factorized_ratio(m, ranks, shapes), speed,
+                            evaluate_lm(m, corpus), L.factorized_ratio(ranks, shapes), speed,
                             needs="none" if method == "plain" else "calibration", param_ratio=rho, part="linear",
                             batch=8))
 
@@ -73,7 +73,7 @@ def lowrank_rows(ctx: BenchContext) -> list[dict]:
                                  run_calibration=lambda m=m: embed(m, cal), score=score, progress=False)
             fid = fidelity(e_ref, m, held)
             speed = speed_ratio(lambda: embed(minilm, batch), lambda m=m: embed(m, batch), repeats=ctx.repeats)["ratio"]
-            size = L.factorized_ratio(m, ranks, shapes)
+            size = L.factorized_ratio(ranks, shapes)
             for metric, value in (("cosine", fid.cosine), ("top10", fid.top10)):
                 rows.append(row("lowrank", name, "minilm", metric, 1.0, value, size, speed,
                                 needs="none" if method == "plain" else "calibration", param_ratio=rho, part="linear",

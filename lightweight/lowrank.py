@@ -147,8 +147,12 @@ def factorize_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     from the truncated SVD of its weight reshaped to ``(c_out, c_in k k)``."""
     if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
         raise TypeError("factorize_conv takes an nn.Conv2d with groups=1")
-    w = conv.weight.detach()
-    A, B = truncated_svd(w.flatten(1), rank)
+    return _conv_from_factors(conv, *truncated_svd(conv.weight.detach().flatten(1), rank))
+
+
+def _conv_from_factors(conv: nn.Conv2d, A: torch.Tensor, B: torch.Tensor) -> nn.Sequential:
+    """The pair of convolutions of :func:`factorize_conv` from factors ``A (c_out, r)``, ``B (r, c_in k k)``."""
+    w, rank = conv.weight.detach(), A.shape[1]
     first = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False)
     second = nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None)
     with torch.no_grad():
@@ -340,10 +344,9 @@ def _build(layer: nn.Module, decomp: tuple[torch.Tensor, torch.Tensor, torch.Ten
     U, s, Vh = decomp
     root = s[:r].sqrt()
     A, B = (U[:, :r] * root).float(), (root[:, None] * Vh[:r]).float()
-    bias = None if layer.bias is None else layer.bias.detach()
     if isinstance(layer, nn.Conv2d):
-        return factorize_conv(layer, r)
-    return LowRankLinear.from_factors(A, B, bias)
+        return _conv_from_factors(layer, A, B)
+    return LowRankLinear.from_factors(A, B, None if layer.bias is None else layer.bias.detach())
 
 
 def _scan(model: nn.Module, layers: dict[str, nn.Module], decomps: dict, score: Callable[[nn.Module], float],
@@ -364,7 +367,7 @@ def _scan(model: nn.Module, layers: dict[str, nn.Module], decomps: dict, score: 
     return out
 
 
-def factorized_ratio(model: nn.Module, ranks: dict[str, int | None], shapes: dict[str, tuple[int, int]]) -> float:
+def factorized_ratio(ranks: dict[str, int | None], shapes: dict[str, tuple[int, int]]) -> float:
     """Weights of the factorized layers after / before (dense layers count ``m n``)."""
     before = sum(m * n for m, n in shapes.values())
     after = sum(m * n if ranks[k] is None else lowrank_params(m, n, ranks[k]) for k, (m, n) in shapes.items())
