@@ -102,8 +102,9 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _int_values(mod: nn.Module) -> torch.Tensor:
-    """The integer weights of a quantized module, unpacked to int8."""
+def int_values(mod: nn.Module) -> torch.Tensor:
+    """The integer weights of a quantized module (``QuantizedLinear``, ``QuantizedConv2d``,
+    ``QuantizedEmbedding``), unpacked to int8 ``(rows, cols)``."""
     q = mod.qweight
     return unpack_int4(q) if q.dtype == torch.uint8 else q
 
@@ -128,9 +129,10 @@ def int_weight_bytes(q: torch.Tensor, bits: int) -> int:
 
 
 def float_weight_bytes(w: torch.Tensor) -> int:
-    """Bytes of a float weight stored the smaller way: dense, or non-zero values plus a bitmask."""
-    nonzero = w != 0
-    return min(_nbytes(w), int(nonzero.sum()) * w.element_size() + P.pack_bits(nonzero).numel())
+    """Bytes of a float weight (any shape, seen as ``(rows, -1)``) stored the smaller way: dense, or
+    non-zero values plus a bitmask (:func:`prune.storage_bytes`)."""
+    sizes = P.storage_bytes(w.reshape(w.shape[0], -1))
+    return min(sizes["dense"], sizes["bitmask"])
 
 
 def stored_bytes(model: nn.Module) -> dict[str, int]:
@@ -141,7 +143,7 @@ def stored_bytes(model: nn.Module) -> dict[str, int]:
     seen: set[int] = set()
     for mod in model.modules():
         if isinstance(mod, QUANTIZED):
-            out["weights"] += int_weight_bytes(_int_values(mod), mod.bits)
+            out["weights"] += int_weight_bytes(int_values(mod), mod.bits)
             out["scales"] += _nbytes(mod.scale)
             seen.update((id(mod.qweight), id(mod.scale)))
         elif isinstance(mod, (nn.Linear, nn.Conv2d)):

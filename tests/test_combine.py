@@ -54,7 +54,7 @@ def test_pruned_then_quantized_layer_keeps_its_zeros_and_is_stored_as_bitmask():
     P.prune_(lin, 0.75)
     model = nn.Sequential(lin)
     C.quantize_model_(model, bits=4, group_size=128)
-    q = C._int_values(model[0])
+    q = C.int_values(model[0])
     assert (q == 0).float().mean() >= 0.75
     nz = int((q != 0).sum())
     assert C.int_weight_bytes(q, 4) == (nz + 1) // 2 + 256 * 64 // 8  # values two per byte + one bit per weight
