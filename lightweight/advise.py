@@ -12,12 +12,14 @@ GOALS = ("size", "speed")
 
 def quality_drop(row: dict) -> float:
     """How much worse than its baseline a row is (0 or less: no worse). ``accuracy``: points lost;
-    ``val_loss``: relative increase (0.05 = 5% higher); ``cosine`` / ``top10``: baseline - value."""
+    ``val_loss``, ``ppl``, ``bpb``: relative increase (0.05 = 5% higher); ``kl``: value - baseline; ``cosine`` / ``top10``: baseline - value."""
     metric, base, value = row["metric"], row["baseline"], row["value"]
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    if metric == "val_loss":
+    if metric in ("val_loss", "ppl", "bpb"):
         return value / base - 1.0
+    if metric == "kl":
+        return value - base
     return base - value
 
 

@@ -338,3 +338,37 @@ def test_ch05_right_answers_pass_and_typical_mistakes_get_hints():
     for check, fn, hint in mistakes:
         r = run(check, fn)
         assert r.status == "fail" and hint in r.message, (check.__name__, hint, r.message)
+
+
+def test_ch06_right_answers_pass_and_typical_mistakes_get_hints():
+    import torch
+    import torch.nn.functional as F
+
+    from lightweight import quantize as Q
+    from lightweight.checks import ch06
+
+    def awq_search(W, H, bits, group_size, n_grid):
+        a = H.diagonal().double().clamp_min(1e-12).sqrt()
+        best = None
+        for i in range(n_grid + 1):
+            s = a ** (i / n_grid)
+            w_hat = (Q.fake_quantize((W.double() * s).float(), bits, group_size).double() / s).float()
+            err = Q.output_error(W, w_hat, H)
+            if best is None or err < best[0]:
+                best = (err, w_hat, s.float())
+        return best[1], best[2]
+
+    def influence(x, y):
+        return float((1 - F.cosine_similarity(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), dim=-1)).mean())
+
+    for check, fn in [(ch06.bits_per_byte, lambda n, b: n / math.log(2) / b), (ch06.awq_search, awq_search),
+                      (ch06.block_influence, influence)]:
+        check(fn)
+        assert checks.RESULTS[-1].passed, checks.RESULTS[-1].message
+    for check, fn, hint in [
+        (ch06.bits_per_byte, lambda n, b: n / b, "ln 2"),
+        (ch06.awq_search, lambda W, H, b, g, n: (Q.fake_quantize(W, b, g), torch.ones(W.shape[1])), "alpha"),
+        (ch06.block_influence, lambda x, y: float(F.cosine_similarity(x, y, dim=-1).mean()), "1 − cos"),
+    ]:
+        check(fn)
+        assert checks.RESULTS[-1].status == "fail" and hint in checks.RESULTS[-1].message
