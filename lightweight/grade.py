@@ -167,10 +167,11 @@ def _recover(client, run_sync, timeout_error: type, dead_error: type, index: int
         run_sync(client.km.interrupt_kernel)()
         probe = nbformat.v4.new_code_cell("pass")
         limit, client.timeout = client.timeout, RECOVERY_TIMEOUT
+        timed_out = client.nb.cells[index]
         try:
             client.execute_cell(probe, index, store_history=False)
-        finally:
-            client.timeout = limit
+        finally:  # nbclient stores the executed cell at that index: put the student's cell back
+            client.timeout, client.nb.cells[index] = limit, timed_out
         return True
     except (timeout_error, dead_error):
         return False
@@ -210,12 +211,14 @@ def _what(nb: dict, index: int, run: CellRun) -> str:
     return run.detail
 
 
-def _earlier_problems(nb: dict, runs: dict[int, CellRun], before: int, limit: int = 3) -> str:
-    bad = [i for i in sorted(runs) if i < before and runs[i].status in ("error", "timeout", "dead")]
-    if not bad:
+def _earlier_problems(nb: dict, runs: dict[int, CellRun], before: int) -> str:
+    """The cells before ``before`` that timed out (the likely causes, up to 3) and the last 2 that raised."""
+    stopped = [i for i in sorted(runs) if i < before and runs[i].status in ("timeout", "dead")]
+    raised = [i for i in sorted(runs) if i < before and runs[i].status == "error"]
+    shown = sorted(set(stopped[-3:] + raised[-2:]))
+    if not shown:
         return ""
-    shown = "; ".join(f"{cell_label(nb, i)} {_what(nb, i, runs[i])}" for i in bad[-limit:])
-    return f" Trước đó: {shown}."
+    return " Trước đó: " + "; ".join(f"{cell_label(nb, i)} {_what(nb, i, runs[i])}" for i in shown) + "."
 
 
 def _cells_of(nb: dict, exercise: str) -> tuple[int | None, int | None]:

@@ -154,6 +154,42 @@ def test_the_solutions_exercises_pass_their_checks(name):
     assert all(r.passed for r in results), [r.message for r in results if not r.passed]
 
 
+def _draws_of(exercise: str, namespace: dict) -> None:
+    """What the checks of the saved outputs drew from the global RNG; the notebook cells after a check rely on it."""
+    from lightweight.models import GPTConfig, TinyGPT
+
+    if exercise == "ch00.gpt_params":
+        for v, t, n, c in [(65, 128, 6, 128), (80, 64, 2, 64), (50, 256, 4, 192)]:
+            TinyGPT(GPTConfig(vocab_size=v, block_size=t, n_layer=n, n_head=4, n_embd=c))
+    elif exercise == "ch01.distill_step":
+        torch.manual_seed(0)
+        torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)), torch.nn.Linear(8, 5)
+    elif exercise == "ch03.lowrank_linear":
+        torch.manual_seed(0)
+        namespace["LowRankLinear"](torch.nn.Linear(24, 16), 6)
+    elif exercise == "ch04.qlinear_forward":
+        torch.nn.Linear(64, 16)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb")))
+def test_checks_draw_from_the_global_rng_only_what_they_always_drew(name):
+    """The saved outputs of the cells after a check depend on the global random state the check leaves."""
+    namespace: dict = {}
+    cells = solution_cells(name)
+    exec(compile(cells[0][1], f"<{name}>", "exec"), namespace)
+    for exercise, source in cells[1:]:
+        is_check = "check." in source and not source.lstrip().startswith("def ")
+        if not is_check:
+            exec(compile(source, f"<{name}>", "exec"), namespace)
+            continue
+        torch.manual_seed(123)
+        _draws_of(exercise, namespace)
+        expected = torch.get_rng_state()
+        torch.manual_seed(123)
+        exec(compile(source, f"<{name}>", "exec"), namespace)
+        assert torch.equal(torch.get_rng_state(), expected), exercise
+
+
 BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
 
 

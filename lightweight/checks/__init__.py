@@ -179,6 +179,14 @@ def call(fn: Callable[..., object], *args: object, names: Sequence[str]) -> obje
     return got
 
 
+def isolated_rng():
+    """A context in which drawing random numbers (or re-seeding) leaves the global torch RNG as it was.
+
+    A check uses it for the cases it adds, so that the notebook cells after a check see the random
+    state they always saw."""
+    return torch.random.fork_rng(devices=[])
+
+
 # ----------------------------------------------------------------------------- diagnoses
 def recognise(got: Sequence[object], mistakes: dict[str, Sequence[object]], same: Callable[[object, object], bool],
               want: Sequence[object] | None = None) -> None:
