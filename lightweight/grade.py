@@ -21,6 +21,7 @@ own console output is discarded, so the grader's console shows only the totals.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import logging
@@ -161,8 +162,21 @@ def _execute(nb: nbformat.NotebookNode, workdir: Path, cell_timeout: int, log_pa
     return runs, ""
 
 
+def _drop_output_listener() -> None:
+    """Cancel the listener nbclient leaves waiting for a timed-out cell's outputs (else asyncio prints its traceback)."""
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop()
+    waiting = [t for t in asyncio.all_tasks(loop) if not t.done() and t.get_coro().__name__ == "_async_poll_output_msg"]
+    for task in waiting:
+        task.cancel()
+    if waiting:
+        loop.run_until_complete(asyncio.gather(*waiting, return_exceptions=True))
+
+
 def _recover(client, run_sync, timeout_error: type, dead_error: type, index: int) -> bool:
     """Interrupt a timed-out cell; True when the kernel answers again within ``RECOVERY_TIMEOUT``."""
+    _drop_output_listener()
     try:
         run_sync(client.km.interrupt_kernel)()
         probe = nbformat.v4.new_code_cell("pass")
