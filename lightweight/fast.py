@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import libref, lowbit
+from . import libref, lowbit, reference
 from .train import progress_bar
 
 PATHS = ("fp32", "bf16", "int8-ours", "int4-ours", "int4-ours-fp32act", "int4-ours-head",
@@ -43,11 +43,11 @@ def build_path(model: nn.Module, name: str, group_size: int = 32, qtensors: dict
     (e.g. GPTQ results) feed our own INT4 paths."""
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; expected one of {PATHS}")
+    if name == "torch.ao-int8-dynamic":
+        return reference.ao_dynamic_int8(model).eval()
     m = copy.deepcopy(model).eval()
     if name == "fp32":
         return m
-    if name == "torch.ao-int8-dynamic":
-        return libref.torch_ao_dynamic_int8_(m)
     if name in ("torchao-int8", "torchao-int8-dynamic"):
         libref.torchao_(m, "int8-weight-only" if name == "torchao-int8" else "int8-dynamic")
         return m

@@ -1,5 +1,5 @@
-"""The library references for fast CPU quantization: torchao's configurations, and the older
-``torch.ao`` dynamic INT8 where torchao has no fast CPU path here.
+"""torchao, the library reference for fast CPU quantization (``torch.ao``'s dynamic INT8, which
+torchao does not replace with a fast CPU kernel here, stays in :mod:`lightweight.reference`).
 
 - :func:`torchao_` applies ``int8-weight-only`` (``Int8WeightOnlyConfig``), ``int4-weight-only``
   (``PrototypeInt4WeightOnlyConfig``: torchao 0.18's ``Int4WeightOnlyConfig`` needs a GPU
@@ -7,14 +7,10 @@
   layers it really converted: torchao skips a layer whose size its group size does not divide
   (SmolLM2's hidden size 576 with the default 128) with only a log message, so a partial
   conversion is an error here.
-- :func:`torch_ao_dynamic_int8_`: ``torch.ao.quantization.quantize_dynamic`` (fbgemm kernels,
-  INT8 activations with one scale per tensor). Deprecated in favour of torchao, but still the
-  only one of the two with a fast dynamic INT8 CPU kernel in the pinned versions.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 
 import torch
@@ -71,11 +67,3 @@ def torchao_(model: nn.Module, method: str, group_size: int = 32, skip: Iterable
     if left:
         raise ValueError(f"torchao left {len(left)} of {len(names)} layers unconverted (e.g. {left[0]})")
     return names
-
-
-def torch_ao_dynamic_int8_(model: nn.Module) -> nn.Module:
-    """``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (FP32 model), in place.
-    Weights: INT8 per tensor; activations: INT8 with one scale per tensor, computed on the fly."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)

@@ -33,12 +33,3 @@ def test_torchao_refuses_a_group_size_that_would_skip_layers():
         libref.torchao_(model, "int4-weight-only", group_size=64, skip=())
     with pytest.raises(ValueError, match="method"):
         libref.torchao_(model, "int3")
-
-
-def test_torch_ao_dynamic_int8():
-    model = _mlp()
-    x = torch.randn(4, 64)
-    ref = model(x)
-    libref.torch_ao_dynamic_int8_(model)
-    assert type(model[0]).__name__ == "Linear" and "quantized" in type(model[0]).__module__
-    assert _rel(model(x), ref) < 0.05
