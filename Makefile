@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book book-student test test-portable lab solutions labs pretrain bench clean
+.PHONY: book book-student test test-portable lab solutions labs pretrain bench clean deploy
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,3 +60,8 @@ book-student: $(STAMP)
 	rm -rf _build/student
 	$(BIN)/jupyter-book build . --config _config_student.yml --toc _toc_student.yml --path-output _build/student --warningiserror --keep-going
 	@echo "Student book: $(CURDIR)/_build/student/_build/html/index.html"
+
+# Optional: llama-cpp-python for chapter 7 (compiles llama.cpp from source: 5-25 minutes on 2 cores).
+# Chapter 7's notebook works without it; with it, its llama.cpp cells and bench rows run too.
+deploy: $(STAMP)
+	$(BIN)/pip install -r requirements-deploy.txt
