@@ -63,6 +63,7 @@ def test_ch07_right_answers_pass_and_typical_mistakes_get_hints():
         ch07.q4_0_block: lambda q, d: np.float16(d).tobytes() + bytes(
             (int(q[j]) + 8) | ((int(q[j + 16]) + 8) << 4) for j in range(16)),
         ch07.int4_table: lambda s, z: torch.stack([s.t(), (-z * s).t()], dim=-1),
+        ch07.permute_qk: lambda w, h: w.reshape(h, 2, w.shape[0] // h // 2, w.shape[1]).transpose(1, 2).reshape(w.shape),
     }
     for check, fn in right.items():
         assert _run(check, fn).status == "pass", check.__name__
@@ -75,6 +76,9 @@ def test_ch07_right_answers_pass_and_typical_mistakes_get_hints():
         (ch07.q4_0_block, lambda q, d: np.float32(d).tobytes() + bytes(16), "18 byte"),
         (ch07.int4_table, lambda s, z: torch.stack([s.t(), (z * s).t()], dim=-1), "dấu"),
         (ch07.int4_table, lambda s, z: torch.stack([s, -z * s], dim=-1), "hình dạng"),
+        (ch07.permute_qk, lambda w, h: w.reshape(h, w.shape[0] // h // 2, 2, w.shape[1]).transpose(1, 2).reshape(w.shape),
+         "phép ngược"),
+        (ch07.permute_qk, lambda w, h: w, "xen kẽ"),
     ]
     for check, fn, hint in wrong:
         r = _run(check, fn)

@@ -77,3 +77,18 @@ def int4_table(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None
         expect(torch.allclose(got.float(), want, rtol=1e-6, atol=1e-8),
                f"bảng chưa đúng ({'đối xứng' if symmetric else 'có zero-point'}): [..., 0] = scale chuyển vị, "
                "[..., 1] = −zero·scale chuyển vị.")
+
+
+@exercise("ch07.permute_qk", "Thứ tự hàng query/key của llama.cpp")
+def permute_qk(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    for rows, cols, heads in ((12, 5, 3), (576, 8, 9), (192, 4, 3)):
+        w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows))
+        got = fn(w.clone(), heads)
+        expect(isinstance(got, torch.Tensor), f"hàm cần trả về một tensor, nhận {type(got).__name__}.")
+        expect(tuple(got.shape) == (rows, cols), f"hình dạng phải giữ nguyên ({rows}, {cols}), nhận {tuple(got.shape)}.")
+        if torch.equal(got, G.unpermute_qk(w, heads)) and not torch.equal(got, G.permute_qk(w, heads)):
+            raise CheckFailed("đây là phép ngược (transformers → đọc GGUF). Chiều xuất: reshape(n_head, 2, d/2, in) "
+                              "rồi đổi hai trục 1 và 2.")
+        expect(torch.equal(got, G.permute_qk(w, heads)),
+               f"thứ tự hàng chưa đúng với {heads} đầu: mỗi đầu có hai nửa [0, d/2) và [d/2, d); llama.cpp xếp "
+               "xen kẽ hàng i của nửa đầu với hàng i của nửa sau.")
