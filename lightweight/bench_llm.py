@@ -1,7 +1,7 @@
 """Benchmark rows of chapter 6: SmolLM2-135M made lighter by every technique of the course.
 
     python -m lightweight.bench --only llm                       # with the other chapters' machinery
-    python -m lightweight.bench_llm --json book/bench/llm.json   # alone, writing rows as they come
+    python -m lightweight.bench_llm   # alone: book/bench/llm.json (rewritten after each row) and llm.md
 
 Every configuration is scored on the held-out text of both domains (perplexity, bits per byte, KL to
 the FP32 model) with the same :class:`~lightweight.llm_eval.Evaluator`; ``size_ratio`` is whole-model
@@ -176,6 +176,21 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None) -> list[dic
     return rows
 
 
+def llm_table(rows: list[dict], measured_on: str | None = None) -> str:
+    """One Markdown line per method: perplexity and KL on both domains, whole-model size ratio, minutes."""
+    get = {(r["method"], r["metric"], r["setting"]["domain"]): r for r in rows if r["model"] == MODEL}
+    methods = list(dict.fromkeys(m for m, _, _ in get))
+    lines = [f"Đo trên (measured on): {measured_on or machine()}", "",
+             "| method | PPL shakespeare | PPL sotu | bpb shakespeare | bpb sotu | KL shakespeare | KL sotu | size ratio | minutes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        v = lambda metric, d: get[(m, metric, d)]["value"]  # noqa: E731
+        size, minutes = get[(m, "ppl", DOMAINS[0])]["size_ratio"], get[(m, "ppl", DOMAINS[0])]["setting"]["minutes"]
+        lines.append(f"| {m} | {v('ppl', 'shakespeare'):.2f} | {v('ppl', 'sotu'):.2f} | {v('bpb', 'shakespeare'):.3f} | "
+                     f"{v('bpb', 'sotu'):.3f} | {v('kl', 'shakespeare'):.3f} | {v('kl', 'sotu'):.3f} | {size:.3f} | {minutes:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 @register("llm")
 def llm_rows(ctx: BenchContext) -> list[dict]:
     return llm_bench()
@@ -184,9 +199,11 @@ def llm_rows(ctx: BenchContext) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark of chapter 6 (SmolLM2-135M).")
     parser.add_argument("--json", type=Path, default=RESULT_PATH, help="rows written here after each configuration")
+    parser.add_argument("--markdown", type=Path, default=RESULT_PATH.with_suffix(".md"), help="the rows as a Markdown table")
     parser.add_argument("--only", nargs="+", help="methods to run (default: all)")
     args = parser.parse_args(argv)
-    llm_bench(args.json, set(args.only) if args.only else None)
+    rows = llm_bench(args.json, set(args.only) if args.only else None)
+    args.markdown.write_text(llm_table(rows), encoding="utf-8")
     return 0
 
 
