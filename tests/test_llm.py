@@ -277,3 +277,17 @@ def test_the_real_smollm2_loads_from_its_verified_cache():
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert len(llm.block_linears(model)) == 210
     assert tok("Once upon a time").input_ids == [6403, 1980, 253, 655]
+
+
+def test_int8_shared_embedding_of_the_combined_recipe(tokenizer):
+    from lightweight.bench_llm import quantize_embedding_
+
+    model = tiny_llama()
+    q = quantize_embedding_(copy.deepcopy(model))
+    x = ids(12)
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, q(x).logits, atol=0.05)
+    table = q.lm_head.qweight.numel() + 2 * q.lm_head.scale.numel()
+    emb = model.model.embed_tokens.weight.numel() * 4
+    assert llm.stored_bytes(model) - llm.stored_bytes(q) == emb - table
+    llm_eval.generate_greedy(q, tokenizer, "w3 w4", max_new_tokens=3)
