@@ -228,17 +228,17 @@ def stored_bytes(model: nn.Module, sparse: bool = False) -> int:
     matrix with zeros as its non-zero values plus one bit per weight (bitmask)."""
     from .quantize import QuantizedLinear
 
-    total, seen = 0, set()
+    total, seen = 0, set()  # storages already counted (a tied weight is one storage)
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLinear):
             total += math.ceil(module.in_features * module.out_features * module.bits / 8)
-            total += sum(b.numel() * b.element_size() for k, b in module.named_buffers(recurse=False) if k != "qweight" and b is not None)
-            seen.update(id(b) for b in module.buffers(recurse=False))
+            total += sum(b.numel() * b.element_size() for k, b in module.named_buffers(recurse=False) if k != "qweight")
+            seen.update(b.data_ptr() for b in module.buffers(recurse=False))
             continue
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
-            if id(t) in seen or t.data_ptr() in seen:
+            if t.data_ptr() in seen:
                 continue
-            seen.update((id(t), t.data_ptr()))
+            seen.add(t.data_ptr())
             if name.endswith("rotary_emb"):
                 continue  # recomputed from the config, not stored
             zeros = sparse and t.dim() == 2 and isinstance(module, nn.Linear) and bool((t == 0).any())
