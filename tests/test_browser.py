@@ -66,7 +66,7 @@ READ_LAYOUT = """(() => {
   return {
     overflow: document.documentElement.scrollWidth - cw,
     culprits: wide.slice(0, 5).map(e => name(e) + ': ' + (e.textContent || '').trim().slice(0, 60)),
-    cutMath: [...document.querySelectorAll('div.math')].filter(d => d.scrollWidth > d.clientWidth + 1
+    cutMath: [...document.querySelectorAll('div.math, mjx-container[display="true"]')].filter(d => d.scrollWidth > d.clientWidth + 1
         && !['auto', 'scroll'].includes(getComputedStyle(d).overflowX)).map(d => d.textContent.trim().slice(0, 60)),
   };
 })()"""
