@@ -128,11 +128,13 @@ def test_recognise_names_only_exact_mistakes():
 
 # ----------------------------------------------------------------------------- right answers pass
 def solution_cells(name: str) -> list[tuple[str, str]]:
-    """(exercise id, source) of the imports of the first code cell, then of each exercise cell and its check cell."""
+    """(exercise id, source) of the imports of the code cells before the first exercise (the machine line, then the
+    set-up cell), then of each exercise cell and its check cell."""
     nb = nbformat.read(ROOT / "solutions" / name, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    tree = ast.parse(code[0].source)
-    imports = "\n".join(ast.get_source_segment(code[0].source, n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    first = next(i for i, c in enumerate(nb.cells) if c.metadata.get("exercise"))
+    setup = [c.source for c in nb.cells[:first] if c.cell_type == "code"]
+    imports = "\n".join(ast.get_source_segment(src, n) for src in setup for n in ast.parse(src).body
+                        if isinstance(n, (ast.Import, ast.ImportFrom)))
     cells = [("", imports)]
     for i, cell in enumerate(nb.cells):
         ex = cell.metadata.get("exercise")
