@@ -8,11 +8,15 @@
 - A script that a page would load twice with the same content is loaded once (sphinx-thebe's
   configuration script is registered twice, and its second copy throws
   "Identifier 'THEBE_JS_URL' has already been declared").
+- The site's root ``index.html`` (the book starts at ``book/intro``) is a redirect page that
+  names the book and its icon, so a browser opening the root never asks for ``/favicon.ico``.
 """
 
 from __future__ import annotations
 
+import html
 import re
+from pathlib import Path
 
 from docutils import nodes
 from sphinx.application import Sphinx
@@ -83,8 +87,24 @@ def _scripts_once(app: Sphinx, pagename: str, templatename: str, context: dict, 
     context["script_files"] = unique
 
 
+def _root_redirect(app: Sphinx, exception: Exception | None) -> None:
+    """Write ``index.html`` at the site's root: a redirect to the first page, with title and icon."""
+    if exception is not None or app.builder.format != "html" or app.config.master_doc == "index":
+        return
+    target = f"{app.config.master_doc}.html"
+    icon = Path(app.config.html_favicon or "").name
+    icon_link = f'<link rel="icon" href="_static/{icon}">\n' if icon else ""
+    title = html.escape(app.config.html_title or app.config.project)
+    Path(app.outdir, "index.html").write_text(
+        f'<!DOCTYPE html>\n<html lang="{app.config.language}">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{title}</title>\n{icon_link}"
+        f'<meta http-equiv="Refresh" content="0; url={target}">\n</head>\n'
+        f'<body><p><a href="{target}">{title}</a></p></body>\n</html>\n', encoding="utf8")
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.connect("env-get-updated", _number_per_chapter, priority=900)  # after Sphinx assigns book-wide numbers
     app.connect("doctree-read", _link_arxiv_ids)
     app.connect("html-page-context", _scripts_once, priority=900)
+    app.connect("build-finished", _root_redirect, priority=400)  # before sphinx-external-toc's bare redirect
     return {"parallel_read_safe": True, "parallel_write_safe": True}
