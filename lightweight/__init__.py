@@ -19,4 +19,10 @@ Modules, one concern each:
 - ``bench``     ``python -m lightweight.bench`` (rows registered by ``bench_<chapter>`` modules)
 """
 
+import logging
+
+# Importing torchao (transformers does it when it loads a model) logs deprecation lines with a
+# timestamp and a process id from torch.utils._pytree: keep them out of notebook outputs.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
 __version__ = "0.1.0"

@@ -11,18 +11,16 @@ from .. import combine as C
 from ..advise import quality_drop as _quality_drop
 from .. import prune as P
 from .. import quantize as Q
-from . import CheckFailed, exercise, expect, expect_close
+from . import CheckFailed, as_float, call, exercise, expect, expect_close
 
-BITS_CASES = [(0.0, 4, 128), (0.6, 4, 128), (0.2, 4, 128), (0.9, 8, 64), (0.5, 8, 32), (0.75, 4, 32)]
+BITS_CASES = [(0.0, 4, 128), (0.6, 4, 128), (0.2, 4, 128), (0.9, 8, 64), (0.5, 8, 32), (0.75, 4, 32), (0.3, 3, 48)]
 
 
 @exercise("ch05.bits_per_weight", "Số bit trung bình của một trọng số sau khi cắt tỉa rồi lượng tử hóa")
 def bits_per_weight(fn: Callable[[float, int, int], float]) -> None:
     for s, b, g in BITS_CASES:
         want = C.bits_per_weight(s, b, g)
-        got = fn(s, b, g)
-        expect(isinstance(got, (int, float)) and not isinstance(got, bool),
-               f"hàm cần trả về một con số, nhận {type(got).__name__}.")
+        got = as_float(fn(s, b, g), f"bits_per_weight({s}, {b}, {g})")
         if math.isclose(got, want, rel_tol=1e-6):
             continue
         kept = (1 - s) * b
@@ -50,12 +48,14 @@ def _reference_ptq(w: torch.Tensor, sparsity: float, bits: int, group_size: int)
 @exercise("ch05.prune_then_quantize", "Cắt tỉa rồi lượng tử hóa một ma trận")
 def prune_then_quantize(fn: Callable[[torch.Tensor, float, int, int], torch.Tensor]) -> None:
     gen = torch.Generator().manual_seed(5)
-    for shape, s, b, g in [((16, 64), 0.6, 4, 32), ((8, 128), 0.5, 8, 128), ((32, 32), 0.9, 4, 16)]:
+    for shape, s, b, g in [((16, 64), 0.6, 4, 32), ((8, 128), 0.5, 8, 128), ((32, 32), 0.9, 4, 16), ((5, 48), 0.3, 3, 16)]:
         w = torch.randn(*shape, generator=gen)
-        got = fn(w.clone(), s, b, g)
+        got = call(fn, w, s, b, g, names=("w", "sparsity", "bits", "group_size"))
         expect(isinstance(got, torch.Tensor) and got.shape == w.shape,
                f"hàm cần trả về một tensor cùng hình dạng {tuple(w.shape)} (ma trận đã giải lượng tử).")
+        expect(got.dtype == w.dtype, f"ma trận trả về cần cùng dtype với w ({w.dtype}), nhận {got.dtype}.")
         want = _reference_ptq(w, s, b, g)
+        mask = P.magnitude_mask(w, s)
         n_cut = int((~P.magnitude_mask(w, s)).sum())
         zeros = int((got == 0).sum())
         if zeros < n_cut:
@@ -64,7 +64,6 @@ def prune_then_quantize(fn: Callable[[torch.Tensor, float, int, int], torch.Tens
                                   "(zero-point = 0), để 0 vẫn là 0 và bitmask còn dùng được.")
             raise CheckFailed(f"chỉ {zeros / w.numel():.0%} phần tử bằng 0, cần ít nhất {n_cut / w.numel():.0%}: "
                               "hãy cắt tỉa theo độ lớn trước.")
-        mask = P.magnitude_mask(w, s)
         if not bool((got[~mask] == 0).all()):
             raise CheckFailed("những trọng số bị đặt về 0 không phải những trọng số nhỏ nhất theo |w| của cả ma trận.")
         if torch.allclose(got, Q.fake_quantize(w * mask, b, g, symmetric=False), atol=1e-6) and not torch.allclose(got, want, atol=1e-6):
@@ -86,10 +85,12 @@ def pareto_front(fn: Callable[[list[tuple[float, float]]], list[int]]) -> None:
         [(0.3, 1.0)],
     ]
     for pts in cases:
-        got = fn(list(pts))
+        got = call(fn, list(pts), names=("points",))
         want = C.pareto_front(pts)
         expect(isinstance(got, (list, tuple)), f"hàm cần trả về một danh sách chỉ số, nhận {type(got).__name__}.")
         got = list(got)
+        expect(all(isinstance(i, int) and not isinstance(i, bool) for i in got),
+               f"các chỉ số cần là số nguyên Python (int), nhận {got!r}.")
         if sorted(got) == list(range(len(pts))) and len(pts) > 1:
             raise CheckFailed("bạn trả về mọi điểm: cần bỏ những điểm mà một điểm khác trội hơn (vừa không lớn hơn, "
                               "vừa không tệ hơn, và khác nó).")
@@ -111,8 +112,7 @@ def pareto_front(fn: Callable[[list[tuple[float, float]]], list[int]]) -> None:
 def whole_model_ratio(fn: Callable[[int, int, int, float], float]) -> None:
     for fp32, fixed, n, b in [(4_911_104, 68_520, 1_190_400, 2.725), (161_576, 2_000, 40_000, 4.5), (1_000, 0, 250, 8.0)]:
         want = fp32 / (fixed + n * b / 8)
-        got = fn(fp32, fixed, n, b)
-        expect(isinstance(got, (int, float)) and not isinstance(got, bool), f"hàm cần trả về một con số, nhận {type(got).__name__}.")
+        got = as_float(fn(fp32, fixed, n, b), f"whole_model_ratio({fp32}, {fixed}, {n}, {b})")
         close = lambda x: math.isclose(got, x, rel_tol=1e-6)  # noqa: E731
         if fixed and close(fp32 / (n * b / 8)):
             raise CheckFailed("bạn quên phần cố định (bảng nhúng, LayerNorm, bias): nó vẫn nằm trong tệp, và không nhỏ đi khi "
@@ -139,8 +139,7 @@ def quality_drop(fn: Callable[[dict], float]) -> None:
     ]
     for r, metric in cases:
         want = _quality_drop(r)
-        got = fn(dict(r))
-        expect(isinstance(got, (int, float)) and not isinstance(got, bool), f"hàm cần trả về một con số, nhận {type(got).__name__}.")
+        got = as_float(call(fn, dict(r), names=("row",)), f"quality_drop của hàng {metric}")
         if math.isclose(got, -want, rel_tol=1e-6) and want != 0:
             raise CheckFailed(f"dấu bị ngược ở hàng {metric}: số dương phải nghĩa là *tệ đi* so với baseline.")
         if metric == "accuracy" and math.isclose(got, want / r["baseline"], rel_tol=1e-6):
