@@ -295,3 +295,34 @@ def test_int8_shared_embedding_of_the_combined_recipe(tokenizer):
     emb = model.model.embed_tokens.weight.numel() * 4
     assert llm.stored_bytes(model) - llm.stored_bytes(q) == emb - table
     llm_eval.generate_greedy(q, tokenizer, "w3 w4", max_new_tokens=3)
+
+
+def test_blockwise_compression_sees_the_earlier_blocks_compressed():
+    model = tiny_llama(layers=3)
+    seen = []
+
+    def compress(block, run):  # record what the block's first projection sees, then make the block do nothing
+        stats = P.collect_input_stats(block, run, ["self_attn.q_proj"])["self_attn.q_proj"]
+        seen.append((stats.n, stats.H.clone()))
+        block.self_attn.o_proj.weight.zero_()
+        block.mlp.down_proj.weight.zero_()
+
+    llm.compress_blockwise_(model, ids(16, batch=3), compress, batch_size=2, progress=False)
+    assert [n for n, _ in seen] == [48, 48, 48]  # 3 windows of 16 tokens, in batches of 2 and 1
+    assert all(torch.allclose(seen[0][1], H, atol=1e-5) for _, H in seen[1:])  # each block sees the embeddings
+    one_shot = P.collect_input_stats(tiny_llama(layers=3), llm.calibration_run(tiny_llama(layers=3), ids(16, batch=3)),
+                                     ["model.layers.2.self_attn.q_proj"])
+    assert not torch.allclose(one_shot["model.layers.2.self_attn.q_proj"].H, seen[2][1], atol=1e-3)
+
+
+def test_blockwise_gptq_and_sparsegpt_compress_every_block_linear():
+    model = tiny_llama(layers=2)
+    llm.compress_blockwise_(model, ids(16, batch=4), lambda b, run: Q.gptq_(b, run, 4, 16), progress=False)
+    assert all(isinstance(model.get_submodule(n), Q.QuantizedLinear) for n in llm.block_linears(model))
+    model = tiny_llama(layers=2)
+    llm.compress_blockwise_(model, ids(16, batch=4), lambda b, run: P.prune_oneshot_(b, 0.5, "sparsegpt", run), progress=False)
+    for n in llm.block_linears(model):
+        w = model.get_submodule(n).weight
+        assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.02), n
+    with pytest.raises(ValueError, match="no calibration windows"):
+        llm.compress_blockwise_(tiny_llama(layers=2), torch.zeros(0, 16, dtype=torch.long), lambda b, run: None)
