@@ -29,11 +29,12 @@ test: $(STAMP)
 # The solution notebooks once more under another CPU configuration, to show that their checks hold
 # on a machine other than the one that saved their outputs (CONTRIBUTING.md): PyTorch's
 # non-vectorised kernels, MKL and oneDNN limited to AVX2, one thread per notebook, two notebooks
-# at a time.
+# at a time. PORTABLE_NOTEBOOKS narrows it (CI runs the quantization chapters, see .ci/run).
 PORTABLE := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PORTABLE_NOTEBOOKS ?= solutions
 test-portable: $(STAMP)
-	$(PORTABLE) TQDM_DISABLE=1 $(BIN)/python -m pytest solutions -n 2 --dist loadfile
+	$(PORTABLE) TQDM_DISABLE=1 $(BIN)/python -m pytest $(PORTABLE_NOTEBOOKS) -n 2 --dist loadfile
 
 # The built book in headless Chromium (Debian's `chromium`): console errors, formulas, images,
 # internal links, requests off the machine, phones at 400 px; screenshots in _build/screenshots.
