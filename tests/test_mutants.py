@@ -1288,6 +1288,26 @@ def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None):
     return best[1], best[2]
 
 
+def awq_grid(W, H, bits, group_size, n_grid, steps):
+    a, found = H.diagonal().double().sqrt(), []
+    for i in steps:
+        s = a ** (i / n_grid)
+        w_hat = (Q.fake_quantize((W.double() * s).float(), bits, group_size).double() / s).float()
+        found.append((Q.output_error(W, w_hat, H), w_hat, s.float()))
+    best = min(found, key=lambda t: t[0])
+    return best[1], best[2]
+
+
+@mutant(ch06.awq_search, "kể cả hai đầu 0 và 1")
+def awq_without_alpha_one(W, H, bits, group_size, n_grid):
+    return awq_grid(W, H, bits, group_size, n_grid, range(n_grid))
+
+
+@mutant(ch06.awq_search, "alpha = 0 (s = 1) luôn nằm")
+def awq_without_alpha_zero(W, H, bits, group_size, n_grid):
+    return awq_grid(W, H, bits, group_size, n_grid, range(1, n_grid + 1))
+
+
 @mutant(ch06.awq_search, "mọi alpha")
 def awq_never_scales(W, H, bits, group_size, n_grid):
     return Q.fake_quantize(W, bits, group_size), torch.ones(W.shape[1])
@@ -1339,6 +1359,11 @@ def influence_abs_cos(x, y):
 @mutant(ch06.block_influence, "số thực Python (float)")
 def influence_tensor(x, y):
     return (1 - F.cosine_similarity(x, y, dim=-1)).mean()
+
+
+@mutant(ch06.block_influence, "gộp chúng lại như công thức")
+def influence_per_token(x, y):
+    return 1 - F.cosine_similarity(x, y, dim=-1)
 
 
 # ----------------------------------------------------------------------------- the tests

@@ -32,21 +32,33 @@ def bits_per_byte(fn: Callable[[float, int], float]) -> None:
                      hint="bpb = (tổng NLL tính bằng nat) / ln 2 / (số byte UTF-8).")
 
 
-def _case(seed: int, out: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A weight ``(out, cols)`` and the Gram ``H = XᵀX`` of inputs whose channels have very different scales."""
+def _case(seed: int, out: int, cols: int, kind: str = "spread") -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight ``(out, cols)`` and the Gram ``H = XᵀX`` of its inputs. ``kind``: ``"spread"``, channel
+    scales spread over e^0..e^4 (the best alpha is inside the grid); ``"salient"``, one channel in 16
+    a thousand times larger than the rest (alpha = 1 is best); ``"heavy"``, weight columns as large as
+    their inputs (scaling them up only hurts: alpha = 0 is best)."""
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(1024, cols, generator=g) * (torch.rand(cols, generator=g) * 4).exp()
+    if kind == "salient":
+        scale = torch.full((cols,), 0.01)
+        scale[::16] = 10.0
+    else:
+        scale = (torch.rand(cols, generator=g) * (8 if kind == "heavy" else 4)).exp()
+    X = torch.randn(512 if kind != "spread" else 1024, cols, generator=g) * scale
     W = torch.randn(out, cols, generator=g) * 0.05
+    if kind == "heavy":
+        W = W * scale / scale.mean()
     return W, (X.T @ X).double()
 
 
-AWQ_CASES = [(0, 24, 128, 4, 32, 10), (1, 17, 96, 3, 32, 5), (2, 8, 192, 4, 64, 4)]  # seed, out, in, bits, group, grid
+# seed, out, in, bits, group, n_grid, kind
+AWQ_CASES = [(0, 24, 128, 4, 32, 10, "spread"), (1, 17, 96, 3, 32, 5, "spread"), (2, 8, 192, 4, 64, 4, "spread"),
+             (1, 10, 64, 4, 32, 4, "salient"), (0, 12, 64, 4, 32, 4, "heavy")]
 
 
 @exercise("ch06.awq_search", "Tìm thang đo của AWQ")
 def awq_search(fn: Callable[[torch.Tensor, torch.Tensor, int, int, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for seed, out, cols, bits, group, n_grid in AWQ_CASES:
-        W, H = _case(seed, out, cols)
+    for seed, out, cols, bits, group, n_grid, kind in AWQ_CASES:
+        W, H = _case(seed, out, cols, kind)
         where = f"W {tuple(W.shape)}, bits={bits}, group_size={group}, n_grid={n_grid}"
         got = call(fn, W, H, bits, group, n_grid, names=["W", "H", "bits", "group_size", "n_grid"])
         expect(isinstance(got, tuple) and len(got) == 2, f"{where}: hàm cần trả về cặp (w_hat, s), nhận {type(got).__name__}.")
@@ -75,8 +87,8 @@ def awq_search(fn: Callable[[torch.Tensor, torch.Tensor, int, int, int], tuple[t
                "trong lưới, nên cặp có sai số *nhỏ nhất* không thể tệ hơn.")
         expect(err <= ref * (1 + 1e-3),
                f"{where}: sai số đầu ra {err:.4g} lớn hơn lời giải tham chiếu ({ref:.4g}): hãy thử mọi alpha trong "
-               "{0, 1/n, ..., 1} (n_grid + 1 giá trị) với s = a^alpha (a = căn của đường chéo H) và giữ alpha cho "
-               "tr(E H Eᵀ) nhỏ nhất.")
+               "{0, 1/n_grid, ..., 1} (n_grid + 1 giá trị, kể cả hai đầu 0 và 1) với s = a^alpha (a = căn của đường "
+               "chéo H) và giữ alpha cho tr(E H Eᵀ) nhỏ nhất.")
 
 
 def _influences(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
