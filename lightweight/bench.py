@@ -35,8 +35,9 @@ NEEDS = ("none", "calibration", "training")  # what producing the compressed mod
 
 # How the book's table (in Vietnamese) names chapters, models, metrics and needs.
 CHAPTER_NUMBERS = {name: i for i, name in enumerate(CHAPTERS)}
-MODELS_VI = {"digits-cnn": "CNN chữ số", "tinygpt": "TinyGPT", "minilm": "MiniLM"}
-METRICS_VI = {"accuracy": "độ chính xác (%)", "val_loss": "loss kiểm định", "cosine": "cosine", "top10": "top-10"}
+MODELS_VI = {"digits-cnn": "CNN chữ số", "tinygpt": "TinyGPT", "minilm": "MiniLM", "smollm2-135m": "SmolLM2-135M"}
+METRICS_VI = {"accuracy": "độ chính xác (%)", "val_loss": "loss kiểm định", "cosine": "cosine", "top10": "top-10",
+              "ppl": "perplexity", "bpb": "bit trên byte", "kl": "KL (nat/token)"}
 NEEDS_VI = {"none": "không gì", "calibration": "dữ liệu hiệu chỉnh", "training": "huấn luyện lại"}
 
 

@@ -2,6 +2,8 @@
 
     python -m lightweight.bench --only llm                       # with the other chapters' machinery
     python -m lightweight.bench_llm   # alone: book/bench/llm.json (rewritten after each row) and llm.md
+    python -m lightweight.bench_llm --only int4-gptq-g64   # one configuration; the file keeps the others
+    python -m lightweight.bench_llm --from-json           # llm.md rewritten from llm.json
 
 Every configuration is scored on the held-out text of both domains (perplexity, bits per byte, KL to
 the FP32 model) with the same :class:`~lightweight.llm_eval.Evaluator`; ``size_ratio`` is whole-model
@@ -26,7 +28,7 @@ import torch.nn as nn
 from . import lowrank as L
 from . import prune as P
 from . import quantize as Q
-from .bench import BenchContext, machine, register, row
+from .bench import RESULTS_PATH, BenchContext, machine, register, row, to_markdown
 from .distill import llm_student, train_causal_lm
 from .llm import block_linears, calibration_run, compress_blockwise_, load_smollm2, stored_bytes
 from .llm_eval import DOMAINS, Evaluator, calibration_windows
@@ -198,23 +200,43 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
 
 
 def llm_table(rows: list[dict], measured_on: str | None = None) -> str:
-    """One Markdown line per method: perplexity and KL on both domains, whole-model size ratio, minutes."""
+    """One Markdown line per method, in Vietnamese: perplexity, bits per byte and KL on both domains,
+    whole-model size ratio, minutes of compression (numbers with a decimal comma)."""
     get = {(r["method"], r["metric"], r["setting"]["domain"]): r for r in rows if r["model"] == MODEL}
     methods = list(dict.fromkeys(m for m, _, _ in get))
-    lines = [f"Đo trên (measured on): {measured_on or machine()}", "",
-             "| method | PPL shakespeare | PPL sotu | bpb shakespeare | bpb sotu | KL shakespeare | KL sotu | size ratio | minutes |",
+    num = lambda v, digits: f"{v:.{digits}f}".replace(".", ",")  # noqa: E731
+    lines = [f"Đo trên máy: {measured_on or machine()}", "",
+             "| cấu hình | PPL Shakespeare | PPL diễn văn | bpb Shakespeare | bpb diễn văn | KL Shakespeare | KL diễn văn "
+             "| tỉ lệ kích thước | phút |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         v = lambda metric, d: get[(m, metric, d)]["value"]  # noqa: E731
-        size, minutes = get[(m, "ppl", DOMAINS[0])]["size_ratio"], get[(m, "ppl", DOMAINS[0])]["setting"]["minutes"]
-        lines.append(f"| {m} | {v('ppl', 'shakespeare'):.2f} | {v('ppl', 'sotu'):.2f} | {v('bpb', 'shakespeare'):.3f} | "
-                     f"{v('bpb', 'sotu'):.3f} | {v('kl', 'shakespeare'):.3f} | {v('kl', 'sotu'):.3f} | {size:.3f} | {minutes:.1f} |")
+        first = get[(m, "ppl", DOMAINS[0])]
+        lines.append(f"| `{m}` | {num(v('ppl', 'shakespeare'), 2)} | {num(v('ppl', 'sotu'), 2)} | {num(v('bpb', 'shakespeare'), 3)} | "
+                     f"{num(v('bpb', 'sotu'), 3)} | {num(v('kl', 'shakespeare'), 3)} | {num(v('kl', 'sotu'), 3)} | "
+                     f"{num(first['size_ratio'], 3)} | {num(first['setting']['minutes'], 1)} |")
     return "\n".join(lines) + "\n"
+
+
+def sync_results(rows: list[dict], measured_on: str, path: Path = RESULTS_PATH) -> None:
+    """Put ``rows`` in place of the chapter 6 rows of the course's results file (the one chapter 5's
+    advisor reads) and rewrite its Markdown table, so both files always hold the same measurements."""
+    if not path.exists():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rows"] = [r for r in data["rows"] if r["chapter"] != "llm"] + rows
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(to_markdown(data["rows"], data["machine"]), encoding="utf-8")
+    if measured_on != data["machine"]:
+        print(f"note: {path.name} was measured on {data['machine']}; its chapter 6 rows on {measured_on}")
 
 
 @register("llm")
 def llm_rows(ctx: BenchContext) -> list[dict]:
-    return llm_bench()
+    """Chapter 6's rows for ``python -m lightweight.bench``; chapter 6's own files get them too."""
+    rows = llm_bench(RESULT_PATH)
+    RESULT_PATH.with_suffix(".md").write_text(llm_table(rows), encoding="utf-8")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,10 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=RESULT_PATH, help="rows written here after each configuration")
     parser.add_argument("--markdown", type=Path, default=RESULT_PATH.with_suffix(".md"), help="the rows as a Markdown table")
     parser.add_argument("--only", nargs="+", help="methods to run (default: all); the file keeps the other methods' rows")
+    parser.add_argument("--from-json", action="store_true", help="rewrite the Markdown table from --json, measuring nothing")
     args = parser.parse_args(argv)
+    if args.from_json:
+        if args.only:
+            parser.error("--from-json measures nothing: it cannot be combined with --only")
+        data = json.loads(args.json.read_text())
+        args.markdown.write_text(llm_table(data["rows"], data["machine"]), encoding="utf-8")
+        if args.json == RESULT_PATH:
+            sync_results(data["rows"], data["machine"])
+        return 0
     keep = json.loads(args.json.read_text())["rows"] if args.only and args.json.exists() else []
     rows = llm_bench(args.json, set(args.only) if args.only else None, keep)
     args.markdown.write_text(llm_table(rows), encoding="utf-8")
+    if args.json == RESULT_PATH:
+        sync_results(rows, machine())
     return 0
 
 
