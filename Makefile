@@ -1,6 +1,7 @@
 # Two commands take a fresh clone to a built book and a passing test suite:
 #   make book   build the HTML book (warnings are errors) and print where index.html is
 #   make test   unit tests, labs-in-sync test, and every solution notebook re-run by nbval
+# After `make book`, `make test-browser` reads every page of the built book in headless Chromium.
 # Both create .venv and install requirements into it the first time.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book book-student test test-portable lab solutions labs pretrain bench clean deploy
+.PHONY: book book-student test test-portable test-browser lab solutions labs pretrain bench bench-table clean deploy
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +29,17 @@ test: $(STAMP)
 # The solution notebooks once more under another CPU configuration, to show that their checks hold
 # on a machine other than the one that saved their outputs (CONTRIBUTING.md): PyTorch's
 # non-vectorised kernels, MKL and oneDNN limited to AVX2, one thread per notebook, two notebooks
-# at a time.
+# at a time. PORTABLE_NOTEBOOKS narrows it (CI runs the quantization chapters, see .ci/run).
 PORTABLE := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PORTABLE_NOTEBOOKS ?= solutions
 test-portable: $(STAMP)
-	$(PORTABLE) TQDM_DISABLE=1 $(BIN)/python -m pytest solutions -n 2 --dist loadfile
+	$(PORTABLE) TQDM_DISABLE=1 $(BIN)/python -m pytest $(PORTABLE_NOTEBOOKS) -n 2 --dist loadfile
+
+# The built book in headless Chromium (Debian's `chromium`): console errors, formulas, images,
+# internal links, requests off the machine, phones at 400 px; screenshots in _build/screenshots.
+test-browser: $(STAMP)
+	BOOK_BROWSER_TEST=1 $(BIN)/python -m pytest tests/test_browser.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab labs/
@@ -51,6 +58,10 @@ pretrain: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m lightweight.bench --all --json book/bench/results.json --markdown book/bench/results.md
+
+# The book's benchmark table rewritten from the saved results.json (nothing is measured again).
+bench-table: $(STAMP)
+	$(BIN)/python -m lightweight.bench --from-json book/bench/results.json --markdown book/bench/results.md
 
 clean:
 	rm -rf _build

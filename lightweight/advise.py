@@ -23,6 +23,17 @@ def quality_drop(row: dict) -> float:
     return base - value
 
 
+def _worst_domain(rows: list[dict]) -> list[dict]:
+    """One row per configuration: rows that differ only in ``setting["domain"]`` are replaced by the
+    one with the largest quality drop (rows without a domain are kept as they are)."""
+    worst: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["method"], tuple(sorted((k, str(v)) for k, v in r["setting"].items() if k != "domain")))
+        if key not in worst or quality_drop(r) > quality_drop(worst[key]):
+            worst[key] = r
+    return list(worst.values())
+
+
 def advise(
     rows: Iterable[dict], model: str, metric: str, max_drop: float, goal: str = "size",
     can_train: bool = True, has_calibration_data: bool = True, need_speedup: bool = False,
@@ -33,7 +44,9 @@ def advise(
     need calibration data only if ``has_calibration_data`` (training implies having data); with
     ``need_speedup``, only rows measured faster than FP32 here (``speed_ratio > 1``). Order: smallest
     ``size_ratio`` first (``goal="size"``) or fastest first (``goal="speed"``). An empty list means that
-    nothing measured fits: relax a constraint or measure more.
+    nothing measured fits: relax a constraint or measure more. Rows measured on several text domains
+    (``setting["domain"]``, chapter 6) fit only if the configuration fits on every domain; it is then
+    represented by its worst domain's row.
     """
     if goal not in GOALS:
         raise ValueError(f"goal must be one of {GOALS}, got {goal!r}")
@@ -49,7 +62,7 @@ def advise(
     for r in rows:
         if r["needs"] not in NEEDS:
             raise ValueError(f"row {r['method']!r} has an unknown 'needs': {r['needs']!r}")
-    fit = [r for r in rows if r["needs"] in allowed and quality_drop(r) <= max_drop
+    fit = [r for r in _worst_domain(rows) if r["needs"] in allowed and quality_drop(r) <= max_drop
            and (not need_speedup or (r["speed_ratio"] or 0) > 1)]
     if goal == "size":  # rows whose size was not measured (speed-only rows) cannot be ranked by size
         return sorted([r for r in fit if r["size_ratio"] is not None], key=lambda r: (r["size_ratio"], quality_drop(r)))

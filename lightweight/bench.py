@@ -1,6 +1,7 @@
 """The course's benchmark: one row per measured configuration.
 
     python -m lightweight.bench [--only CHAPTER ...] [--all] [--json PATH] [--markdown PATH] [--repeats N]
+    python -m lightweight.bench --from-json PATH --markdown PATH   # the table of saved rows, nothing run
 
 Chapters register a function with :func:`register`; it receives a :class:`BenchContext` and
 returns rows built with :func:`row`. ``speed_ratio`` is FP32 time / compressed time, medians
@@ -31,6 +32,13 @@ SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temper
                 "train_size", "minutes",
                 "domain", "calibration", "blocks", "steps", "runtime", "bound_tokens_per_s"}
 NEEDS = ("none", "calibration", "training")  # what producing the compressed model takes besides the model
+
+# How the book's table (in Vietnamese) names chapters, models, metrics and needs.
+CHAPTER_NUMBERS = {name: i for i, name in enumerate(CHAPTERS)}
+MODELS_VI = {"digits-cnn": "CNN chữ số", "tinygpt": "TinyGPT", "minilm": "MiniLM", "smollm2-135m": "SmolLM2-135M"}
+METRICS_VI = {"accuracy": "độ chính xác (%)", "val_loss": "loss kiểm định", "cosine": "cosine", "top10": "top-10",
+              "ppl": "perplexity", "bpb": "bit trên byte", "kl": "KL (nat/token)"}
+NEEDS_VI = {"none": "không gì", "calibration": "dữ liệu hiệu chỉnh", "training": "huấn luyện lại"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ def row(
 
 def machine() -> str:
     """A one-line description of the machine the rows were measured on."""
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} luồng, "
             f"{platform.system()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
@@ -114,15 +122,17 @@ def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
 
 
 def to_markdown(rows: list[dict], measured_on: str | None = None) -> str:
-    """The table the book shows, with the machine it was measured on (default: this one)."""
-    fmt = lambda v: "—" if v is None else f"{v:g}"  # noqa: E731
-    lines = [f"Đo trên (measured on): {measured_on or machine()}", "",
-             "| chapter | method | model | metric | baseline | value | size ratio | speed ratio | needs | setting |",
+    """The table the book shows, in Vietnamese, under the machine it was measured on (default: this
+    one). Chapters are numbered, numbers have a decimal comma; method and setting keep their keys."""
+    fmt = lambda v: "—" if v is None else f"{v:g}".replace(".", ",")  # noqa: E731
+    lines = [f"Đo trên máy: {measured_on or machine()}", "",
+             "| chương | cấu hình | mô hình | thước đo | gốc | giá trị | tỉ lệ kích thước | tỉ lệ tốc độ | cần | thiết lập |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items())
-        lines.append(f"| {r['chapter']} | {r['method']} | {r['model']} | {r['metric']} | {fmt(r['baseline'])} | "
-                     f"{fmt(r['value'])} | {fmt(r['size_ratio'])} | {fmt(r['speed_ratio'])} | {r['needs']} | {setting} |")
+        setting = ", ".join(f"`{k}={v}`" for k, v in r["setting"].items())
+        lines.append(f"| {CHAPTER_NUMBERS[r['chapter']]} | `{r['method']}` | {MODELS_VI.get(r['model'], r['model'])} | "
+                     f"{METRICS_VI[r['metric']]} | {fmt(r['baseline'])} | {fmt(r['value'])} | {fmt(r['size_ratio'])} | "
+                     f"{fmt(r['speed_ratio'])} | {NEEDS_VI[r['needs']]} | {setting} |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,9 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the rows as a Markdown table here")
     parser.add_argument("--repeats", type=int, default=15, help="timing repeats per measurement (median)")
+    parser.add_argument("--from-json", type=Path, metavar="PATH",
+                        help="run nothing: write the Markdown table of the rows saved in this --json file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.from_json:
+        if args.only or args.all or args.json:
+            parser.error("--from-json runs nothing: it cannot be combined with --only, --all or --json")
+        measured_on, rows = load_results(args.from_json)
+        table = to_markdown(rows, measured_on)
+        if args.markdown:
+            args.markdown.write_text(table, encoding="utf-8")
+        print(table)
+        return 0
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     chapters = list(CHAPTERS) if args.all or not args.only else args.only
     rows = run(chapters, BenchContext(repeats=args.repeats))

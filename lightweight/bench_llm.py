@@ -1,7 +1,9 @@
 """Benchmark rows of chapter 6: SmolLM2-135M made lighter by every technique of the course.
 
     python -m lightweight.bench --only llm                       # with the other chapters' machinery
-    python -m lightweight.bench_llm --json book/bench/llm.json   # alone, writing rows as they come
+    python -m lightweight.bench_llm   # alone: book/bench/llm.json (rewritten after each row) and llm.md
+    python -m lightweight.bench_llm --only int4-gptq-g64   # one configuration; the file keeps the others
+    python -m lightweight.bench_llm --from-json           # llm.md rewritten from llm.json
 
 Every configuration is scored on the held-out text of both domains (perplexity, bits per byte, KL to
 the FP32 model) with the same :class:`~lightweight.llm_eval.Evaluator`; ``size_ratio`` is whole-model
@@ -26,19 +28,20 @@ import torch.nn as nn
 from . import lowrank as L
 from . import prune as P
 from . import quantize as Q
-from .bench import BenchContext, machine, register, row
+from .bench import RESULTS_PATH, BenchContext, machine, register, row, to_markdown
 from .distill import llm_student, train_causal_lm
-from .llm import block_linears, calibration_run, load_smollm2, stored_bytes
+from .llm import block_linears, calibration_run, compress_blockwise_, load_smollm2, stored_bytes
 from .llm_eval import DOMAINS, Evaluator, calibration_windows
 
 MODEL = "smollm2-135m"
 EVAL_TOKENS = 1024  # per domain, windows of 256
 KL_TOKENS = 512
-CAL_WINDOWS = 8  # 8 x 256 = 2,048 calibration tokens, both domains in turn
+CAL_WINDOWS = 64  # 64 x 256 = 16,384 calibration tokens, both domains in turn
 DEPTH_DROP = 6  # of 30 blocks
 STUDENT_KEEP = tuple(range(0, 30, 2))  # 15 blocks
-STUDENT_STEPS = 40
-STUDENT_WINDOWS = 256  # 256 x 128 training tokens from the calibration splits
+STUDENT_STEPS = 120
+STUDENT_WINDOWS = 512  # 512 x 128 training tokens from the calibration splits
+STUDENT_LR = 3e-4
 RESULT_PATH = Path(__file__).resolve().parents[1] / "book" / "bench" / "llm.json"
 
 
@@ -67,33 +70,40 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
             return m
         return make
 
+    def blockwise(compress, c=cal):
+        """Block by block on the calibration windows ``c``: each block calibrated on the compressed earlier ones."""
+        return q(lambda m: compress_blockwise_(m, c, compress, progress=False))
+
     for bits in (4,):
         yield f"int{bits}-rtn-g64", q(lambda m, b=bits: Q.quantize_(m, b, 64, skip=skip)), "none", dict(bits=bits, group_size=64)
-        yield f"int{bits}-gptq-g64", q(lambda m, b=bits: Q.gptq_(m, run(m), b, 64, act_order=True, skip=skip)), "calibration", dict(bits=bits, group_size=64)
-        yield f"int{bits}-awq-g64", q(lambda m, b=bits: Q.awq_(m, run(m), b, 64, skip=skip)), "calibration", dict(bits=bits, group_size=64)
-    for method in ("magnitude", "wanda", "sparsegpt"):
-        yield f"{method}-50", q(lambda m, k=method: P.prune_oneshot_(m, 0.5, k, run(m), skip=skip)), \
-            "none" if method == "magnitude" else "calibration", dict(sparsity=0.5)
+        yield f"int{bits}-gptq-g64", blockwise(lambda blk, r, b=bits: Q.gptq_(blk, r, b, 64, act_order=True)), "calibration", \
+            dict(bits=bits, group_size=64)
+        yield f"int{bits}-awq-g64", blockwise(lambda blk, r, b=bits: Q.awq_(blk, r, b, 64)), "calibration", dict(bits=bits, group_size=64)
+    yield "magnitude-50", q(lambda m: P.prune_oneshot_(m, 0.5, "magnitude", skip=skip)), "none", dict(sparsity=0.5)
+    for method in ("wanda", "sparsegpt"):
+        yield f"{method}-50", blockwise(lambda blk, r, k=method: P.prune_oneshot_(blk, 0.5, k, r)), "calibration", dict(sparsity=0.5)
     yield "kd-halfdepth", lambda: _student(fp32, tok, teacher=True), "training", dict(blocks=len(STUDENT_KEEP), steps=STUDENT_STEPS)
     yield "text-halfdepth", lambda: _student(fp32, tok, teacher=False), "training", dict(blocks=len(STUDENT_KEEP), steps=STUDENT_STEPS)
     yield f"combo-depth{DEPTH_DROP}-gptq4-emb8", q(lambda m: _combo(m, cal)), "calibration", dict(bits=4, group_size=64)
     for bits in (3,):
         yield f"int{bits}-rtn-g64", q(lambda m, b=bits: Q.quantize_(m, b, 64, skip=skip)), "none", dict(bits=bits, group_size=64)
-        yield f"int{bits}-gptq-g64", q(lambda m, b=bits: Q.gptq_(m, run(m), b, 64, act_order=True, skip=skip)), "calibration", dict(bits=bits, group_size=64)
-        yield f"int{bits}-awq-g64", q(lambda m, b=bits: Q.awq_(m, run(m), b, 64, skip=skip)), "calibration", dict(bits=bits, group_size=64)
+        yield f"int{bits}-gptq-g64", blockwise(lambda blk, r, b=bits: Q.gptq_(blk, r, b, 64, act_order=True)), "calibration", \
+            dict(bits=bits, group_size=64)
+        yield f"int{bits}-awq-g64", blockwise(lambda blk, r, b=bits: Q.awq_(blk, r, b, 64)), "calibration", dict(bits=bits, group_size=64)
     yield "int8-rtn-channel", q(lambda m: Q.quantize_(m, 8, None, skip=skip)), "none", dict(bits=8)
-    for method in ("magnitude", "wanda", "sparsegpt"):
-        yield f"{method}-2:4", q(lambda m, k=method: P.prune_oneshot_(m, 0.5, k, run(m), nm=(2, 4), skip=skip)), \
-            "none" if method == "magnitude" else "calibration", dict(sparsity=0.5)
+    yield "magnitude-2:4", q(lambda m: P.prune_oneshot_(m, 0.5, "magnitude", nm=(2, 4), skip=skip)), "none", dict(sparsity=0.5)
+    for method in ("wanda", "sparsegpt"):
+        yield f"{method}-2:4", blockwise(lambda blk, r, k=method: P.prune_oneshot_(blk, 0.5, k, r, nm=(2, 4))), "calibration", \
+            dict(sparsity=0.5)
     yield f"structured-depth{DEPTH_DROP}", q(lambda m: _drop(m, cal, DEPTH_DROP)), "calibration", dict(blocks=30 - DEPTH_DROP)
     for ratio in (0.9, 0.8):
         yield f"svd-whiten-{ratio}", q(lambda m, r=ratio: L.factorize_(m, param_ratio=r, method="whiten", run_calibration=run(m),
                                                                    allocation="global", skip=skip, progress=False)), \
             "calibration", dict(param_ratio=ratio)
     for d in DOMAINS:
-        yield f"int3-gptq-g64-cal-{d}", q(lambda m, c=one[d]: Q.gptq_(m, calibration_run(m, c), 3, 64, act_order=True, skip=skip)), \
+        yield f"int3-gptq-g64-cal-{d}", blockwise(lambda blk, r: Q.gptq_(blk, r, 3, 64, act_order=True), one[d]), \
             "calibration", dict(bits=3, group_size=64, calibration=d)
-        yield f"sparsegpt-50-cal-{d}", q(lambda m, c=one[d]: P.prune_oneshot_(m, 0.5, "sparsegpt", calibration_run(m, c), skip=skip)), \
+        yield f"sparsegpt-50-cal-{d}", blockwise(lambda blk, r: P.prune_oneshot_(blk, 0.5, "sparsegpt", r), one[d]), \
             "calibration", dict(sparsity=0.5, calibration=d)
     yield "int4-minmax-g32", q(_minmax_g32), "none", dict(bits=4, group_size=32)
 
@@ -112,9 +122,9 @@ def _drop(m: nn.Module, cal: torch.Tensor, k: int) -> nn.Module:
 
 
 def _combo(m: nn.Module, cal: torch.Tensor) -> nn.Module:
-    """Depth pruning (6 blocks by block influence) + GPTQ INT4 g64 blocks + INT8 per-row embedding."""
+    """Depth pruning (6 blocks by block influence) + GPTQ INT4 g64 blocks (block by block) + INT8 per-row embedding."""
     _drop(m, cal, DEPTH_DROP)
-    Q.gptq_(m, calibration_run(m, cal), 4, 64, act_order=True, skip=["lm_head"])
+    compress_blockwise_(m, cal, lambda blk, r: Q.gptq_(blk, r, 4, 64, act_order=True), progress=False)
     quantize_embedding_(m)
     return m
 
@@ -149,44 +159,106 @@ class _QuantizedEmbedding(nn.Module):
 def _student(fp32: nn.Module, tok, teacher: bool) -> nn.Module:
     student = llm_student(fp32, STUDENT_KEEP)
     windows = calibration_windows(tok, STUDENT_WINDOWS, seq_len=128, seed=2)
-    train_causal_lm(student, windows, STUDENT_STEPS, teacher=fp32 if teacher else None, batch_size=4, lr=1e-4)
+    train_causal_lm(student, windows, STUDENT_STEPS, teacher=fp32 if teacher else None, batch_size=4, lr=STUDENT_LR)
     return student
 
 
-def llm_bench(out: Path | None = None, only: set[str] | None = None) -> list[dict]:
-    """All rows (or those of the methods in ``only``); with ``out``, the file is rewritten after each one."""
+def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[dict] = ()) -> list[dict]:
+    """All rows (or those of the methods in ``only``, with the rows in ``keep`` of the other methods kept
+    as they were); with ``out``, the file is rewritten after each configuration."""
     fp32, tok = load_smollm2()
     fp32.requires_grad_(False)
     ev = Evaluator(fp32, tok, n_tokens=EVAL_TOKENS, kl_tokens=KL_TOKENS)
     base = stored_bytes(fp32)
     cal = calibration_windows(tok, CAL_WINDOWS)
-    rows = _rows("fp32-reference", ev, fp32, 1.0, 0.0, "none")
-    for method, make, needs, setting in configurations(fp32, tok, cal):
+    measured = {"fp32-reference": _rows("fp32-reference", ev, fp32, 1.0, 0.0, "none")}
+    configs = list(configurations(fp32, tok, cal))
+    unknown = set(only or ()) - {c[0] for c in configs}
+    if unknown:
+        raise ValueError(f"unknown configurations {sorted(unknown)}; known: {[c[0] for c in configs]}")
+    kept = {}
+    for r in keep:
+        kept.setdefault(r["method"], []).append(r)
+
+    def ordered() -> list[dict]:
+        names = ["fp32-reference"] + [c[0] for c in configs]
+        return [r for n in names for r in measured.get(n, kept.get(n, []))]
+
+    for method, make, needs, setting in configs:
         if only is not None and method not in only:
             continue
         start = time.perf_counter()
         model = make()
         minutes = (time.perf_counter() - start) / 60
         sparse = method.split("-")[0] in ("magnitude", "wanda", "sparsegpt")
-        rows += _rows(method, ev, model, stored_bytes(model, sparse=sparse) / base, minutes, needs, **setting)
-        print(f"{method}: {[(r['setting']['domain'], r['value']) for r in rows[-6:] if r['metric'] == 'ppl']}", flush=True)
+        measured[method] = _rows(method, ev, model, stored_bytes(model, sparse=sparse) / base, minutes, needs, **setting)
+        print(f"{method}: {[(r['setting']['domain'], r['value']) for r in measured[method] if r['metric'] == 'ppl']}", flush=True)
         if out is not None:
-            out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+            out.write_text(json.dumps({"machine": machine(), "rows": ordered()}, indent=1, ensure_ascii=False) + "\n")
         del model
-    return rows
+    return ordered()
+
+
+def llm_table(rows: list[dict], measured_on: str | None = None) -> str:
+    """One Markdown line per method, in Vietnamese: perplexity, bits per byte and KL on both domains,
+    whole-model size ratio, minutes of compression (numbers with a decimal comma)."""
+    get = {(r["method"], r["metric"], r["setting"]["domain"]): r for r in rows if r["model"] == MODEL}
+    methods = list(dict.fromkeys(m for m, _, _ in get))
+    num = lambda v, digits: f"{v:.{digits}f}".replace(".", ",")  # noqa: E731
+    lines = [f"Đo trên máy: {measured_on or machine()}", "",
+             "| cấu hình | PPL Shakespeare | PPL diễn văn | bpb Shakespeare | bpb diễn văn | KL Shakespeare | KL diễn văn "
+             "| tỉ lệ kích thước | phút |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        v = lambda metric, d: get[(m, metric, d)]["value"]  # noqa: E731
+        first = get[(m, "ppl", DOMAINS[0])]
+        lines.append(f"| `{m}` | {num(v('ppl', 'shakespeare'), 2)} | {num(v('ppl', 'sotu'), 2)} | {num(v('bpb', 'shakespeare'), 3)} | "
+                     f"{num(v('bpb', 'sotu'), 3)} | {num(v('kl', 'shakespeare'), 3)} | {num(v('kl', 'sotu'), 3)} | "
+                     f"{num(first['size_ratio'], 3)} | {num(first['setting']['minutes'], 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def sync_results(rows: list[dict], measured_on: str, path: Path = RESULTS_PATH) -> None:
+    """Put ``rows`` in place of the chapter 6 rows of the course's results file (the one chapter 5's
+    advisor reads) and rewrite its Markdown table, so both files always hold the same measurements."""
+    if not path.exists():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rows"] = [r for r in data["rows"] if r["chapter"] != "llm"] + rows
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(to_markdown(data["rows"], data["machine"]), encoding="utf-8")
+    if measured_on != data["machine"]:
+        print(f"note: {path.name} was measured on {data['machine']}; its chapter 6 rows on {measured_on}")
 
 
 @register("llm")
 def llm_rows(ctx: BenchContext) -> list[dict]:
-    return llm_bench()
+    """Chapter 6's rows for ``python -m lightweight.bench``; chapter 6's own files get them too."""
+    rows = llm_bench(RESULT_PATH)
+    RESULT_PATH.with_suffix(".md").write_text(llm_table(rows), encoding="utf-8")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark of chapter 6 (SmolLM2-135M).")
     parser.add_argument("--json", type=Path, default=RESULT_PATH, help="rows written here after each configuration")
-    parser.add_argument("--only", nargs="+", help="methods to run (default: all)")
+    parser.add_argument("--markdown", type=Path, default=RESULT_PATH.with_suffix(".md"), help="the rows as a Markdown table")
+    parser.add_argument("--only", nargs="+", help="methods to run (default: all); the file keeps the other methods' rows")
+    parser.add_argument("--from-json", action="store_true", help="rewrite the Markdown table from --json, measuring nothing")
     args = parser.parse_args(argv)
-    llm_bench(args.json, set(args.only) if args.only else None)
+    if args.from_json:
+        if args.only:
+            parser.error("--from-json measures nothing: it cannot be combined with --only")
+        data = json.loads(args.json.read_text())
+        args.markdown.write_text(llm_table(data["rows"], data["machine"]), encoding="utf-8")
+        if args.json == RESULT_PATH:
+            sync_results(data["rows"], data["machine"])
+        return 0
+    keep = json.loads(args.json.read_text())["rows"] if args.only and args.json.exists() else []
+    rows = llm_bench(args.json, set(args.only) if args.only else None, keep)
+    args.markdown.write_text(llm_table(rows), encoding="utf-8")
+    if args.json == RESULT_PATH:
+        sync_results(rows, machine())
     return 0
 
 

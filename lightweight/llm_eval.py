@@ -112,6 +112,8 @@ def calibration_windows(tokenizer, n: int, seq_len: int = SEQ_LEN, domains: tupl
         text = domain_text(domains[i % len(domains)], "calibration")
         start = rng.randrange(len(text) - 8 * seq_len)
         ids = tokenizer(text[start: start + 8 * seq_len], add_special_tokens=False).input_ids[1: seq_len + 1]
+        if len(ids) < seq_len:  # 8 characters a token would be unusual English
+            raise ValueError(f"a calibration window of {domains[i % len(domains)]!r} has only {len(ids)} tokens")
         rows.append(ids)
     return torch.tensor(rows)
 

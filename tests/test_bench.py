@@ -47,10 +47,35 @@ def test_baseline_benchmark_command_writes_rows(tmp_path):
     assert 0.9 < int8["value"] < 1.0 and 0.25 < int8["size_ratio"] < 0.27 and int8["speed_ratio"] > 0
     assert {r["setting"].get("batch") for r in data["rows"] if r["method"] == "int8-ao-dynamic"} == {1, 32}
     text = md.read_text(encoding="utf-8")
-    assert data["machine"] in text
-    assert sum(line.startswith("| baseline |") for line in text.splitlines()) == len(data["rows"])
+    assert text.startswith(f"Đo trên máy: {data['machine']}\n")
+    assert sum(line.startswith("| 0 | `") for line in text.splitlines()) == len(data["rows"])
 
 
 def test_every_technique_chapter_registers_its_rows():
     registry = bench._registry()
     assert {"baseline", "distillation", "pruning", "lowrank", "quantization"} <= set(registry)
+
+
+def test_markdown_table_is_in_vietnamese():
+    rows = [bench.row("combine", "int4-gptq-g128", "tinygpt", "val_loss", 1.4982, 1.5075, 0.1389, 0.58,
+                      needs="calibration", bits=4, group_size=128, part="all"),
+            bench.row("pruning", "magnitude-oneshot", "minilm", "top10", 1.0, 0.493, 0.5312, None, needs="none")]
+    lines = bench.to_markdown(rows, "x86_64, 2 luồng, Linux").splitlines()
+    assert lines[0] == "Đo trên máy: x86_64, 2 luồng, Linux"
+    assert lines[2] == ("| chương | cấu hình | mô hình | thước đo | gốc | giá trị | tỉ lệ kích thước | tỉ lệ tốc độ "
+                        "| cần | thiết lập |")
+    assert lines[4] == ("| 5 | `int4-gptq-g128` | TinyGPT | loss kiểm định | 1,4982 | 1,5075 | 0,1389 | 0,58 "
+                        "| dữ liệu hiệu chỉnh | `bits=4`, `group_size=128`, `part=all` |")
+    assert lines[5] == "| 2 | `magnitude-oneshot` | MiniLM | top-10 | 1 | 0,493 | 0,5312 | — | không gì |  |"
+    for english in ("calibration", "training", "none", "chapter", "method", "speed ratio", "measured on"):
+        assert english not in "\n".join(lines)
+
+
+def test_table_from_saved_rows_runs_nothing(tmp_path):
+    rows = [bench.row("baseline", "fp32", "digits-cnn", "accuracy", 98.3333, 98.3333, 1.0, 1.0, needs="none", part="all")]
+    js, md = tmp_path / "rows.json", tmp_path / "rows.md"
+    js.write_text(json.dumps({"machine": "a saved machine line", "rows": rows}), encoding="utf-8")
+    assert bench.main(["--from-json", str(js), "--markdown", str(md)]) == 0
+    assert md.read_text(encoding="utf-8") == bench.to_markdown(rows, "a saved machine line")
+    with pytest.raises(SystemExit):
+        bench.main(["--from-json", str(js), "--only", "baseline"])

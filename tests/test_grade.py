@@ -58,7 +58,7 @@ def test_a_cell_past_the_limit_keeps_the_points_earned_and_a_blank_lab_gets_zero
     out = tmp_path / "ketqua.csv"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "lightweight.grade", str(hung), str(ROOT / "labs" / "00_measure.ipynb"),
-                           "--out", str(out), "--cell-timeout", "60"], capture_output=True, text=True, env=env, timeout=3600)
+                           "--out", str(out), "--cell-timeout", "30"], capture_output=True, text=True, env=env, timeout=3600)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     mine = [r for r in rows if r["student"] == "an_00_measure"]
@@ -75,11 +75,11 @@ def test_a_cell_past_the_limit_keeps_the_points_earned_and_a_blank_lab_gets_zero
 def test_a_hung_cell_is_reported_only_for_the_exercise_it_prevented(tmp_path):
     path = lab(tmp_path, "binh", [("ch00.memory_gb", MEMORY), "check.memory_gb(memory_gb)",
                                   "while True:\n    pass\nUSABLE = 0.7", ("ch00.fits", FITS), "check.fits(fits)"])
-    grades = by_exercise(grade_notebook(path, cell_timeout=45))
+    grades = by_exercise(grade_notebook(path, cell_timeout=25))
     assert grades["ch00.memory_gb"].status == "pass" and grades["ch00.memory_gb"].points == 1
     fits = grades["ch00.fits"]
     assert fits.status == "error" and "NameError" in fits.message and "USABLE" in fits.message, fits.message
-    assert "ô 4 («while True:»)" in fits.message and "chạy quá 45 giây" in fits.message, fits.message
+    assert "ô 4 («while True:»)" in fits.message and "chạy quá 25 giây" in fits.message, fits.message
     assert grades["ch00.gpt_params"].status == "missing" and "giây" not in grades["ch00.gpt_params"].message
 
 
@@ -88,10 +88,10 @@ def test_a_hung_check_and_a_dead_kernel_name_their_cell(tmp_path):
                                  ("ch00.fits", "def fits(n, fmt, ram):\n    while True:\n        pass"), "check.fits(fits)",
                                  "import os\nos._exit(1)", ("ch00.bits_per_char", "def bits_per_char(x):\n    return x / 0.6931471805599453"),
                                  "check.bits_per_char(bits_per_char)"])
-    grades = by_exercise(grade_notebook(path, cell_timeout=45))
+    grades = by_exercise(grade_notebook(path, cell_timeout=25))
     assert grades["ch00.memory_gb"].status == "pass"
     assert grades["ch00.fits"].status == "error" and "ô 5 («check.fits(fits)»)" in grades["ch00.fits"].message
-    assert "chạy quá 45 giây" in grades["ch00.fits"].message
+    assert "chạy quá 25 giây" in grades["ch00.fits"].message
     dead = grades["ch00.bits_per_char"]
     assert dead.status == "error" and "không được chạy" in dead.message and "kernel chết khi chạy ô 6" in dead.message, dead.message
 
