@@ -213,3 +213,53 @@ def distill_minilm(student: nn.Module, teacher: nn.Module, lines: list[str], ste
             on_step(step)
     sb.eval()
     return {"loss": losses, "seconds": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------- Hugging Face causal LMs
+def llm_student(teacher: nn.Module, keep: Sequence[int]) -> nn.Module:
+    """A copy of a Llama-style causal LM ``teacher`` with only the blocks ``keep`` (in order), as in
+    DistilBERT's initialisation from every other teacher layer. The teacher is left untouched."""
+    from .prune import drop_blocks_
+
+    n = len(teacher.model.layers)
+    keep = list(keep)
+    if not keep or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= n:
+        raise ValueError(f"keep must be increasing block indices in [0, {n}), got {keep}")
+    student = drop_blocks_(copy.deepcopy(teacher), [i for i in range(n) if i not in keep])
+    return student.requires_grad_(True)
+
+
+def train_causal_lm(student: nn.Module, windows: torch.Tensor, steps: int, teacher: nn.Module | None = None,
+                    T: float = 1.0, batch_size: int = 4, lr: float = 1e-4, warmup: int = 10, seed: int = 0,
+                    progress: bool = True) -> list[tuple[int, float]]:
+    """Train a Hugging Face causal LM on token ``windows`` ``(N, T)`` (seeded batches, AdamW, warm-up
+    and cosine decay). With a ``teacher``: token-level KD, ``T²·KL(p_teacher,T ‖ p_student,T)`` at every
+    position; without: the text's next token (cross-entropy). Returns ``[(step, loss)]``."""
+    if steps <= 0 or batch_size <= 0 or lr <= 0:
+        raise ValueError("steps, batch_size and lr must be positive")
+    if windows.dim() != 2 or windows.dtype != torch.long:
+        raise ValueError(f"windows must be a (N, T) int64 tensor, got {tuple(windows.shape)} {windows.dtype}")
+    gen = set_seed(seed)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    if teacher is not None:
+        teacher.eval()
+    history = []
+    for step in progress_bar(range(steps), progress, desc="LM training steps"):
+        for g in opt.param_groups:
+            g["lr"] = lr_schedule(step, steps, lr, warmup)
+        student.train()
+        x = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
+        s_logits = student(x).logits[:, :-1].flatten(0, 1)
+        if teacher is None:
+            loss = F.cross_entropy(s_logits, x[:, 1:].flatten())
+        else:
+            with torch.no_grad():
+                t_logits = teacher(x).logits[:, :-1].flatten(0, 1)
+            loss = kd_loss(s_logits, t_logits, None, T, alpha=0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        history.append((step, loss.item()))
+    student.eval()
+    return history

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .calibration import observe_linear_inputs, replace_linears
 from .models import DigitsCNN, TinyGPT
@@ -414,16 +415,21 @@ def wanda_mask(weight: torch.Tensor, col_norms: torch.Tensor, sparsity: float) -
 
 
 @torch.no_grad()
-def sparsegpt_(weight: torch.Tensor, H: torch.Tensor, sparsity: float, block_size: int = 128, damp: float = 0.01) -> torch.Tensor:
+def sparsegpt_(weight: torch.Tensor, H: torch.Tensor, sparsity: float, block_size: int = 128, damp: float = 0.01,
+               nm: tuple[int, int] | None = None) -> torch.Tensor:
     """SparseGPT (Frantar & Alistarh 2023) on one weight ``(out, in)``, in place, with ``H = X X^T`` ``(in, in)``.
 
     Columns are processed in blocks; inside a block, each row prunes its weights with the smallest
     ``w^2 / U_jj^2``, where ``U`` is the upper Cholesky factor of ``H^-1`` (``U_jj^2`` is the OBS
     ``[H^-1]_jj`` of column ``j`` once the earlier columns are fixed), and every pruned weight's error
-    is spread over the row's later columns by the OBS update. Returns the mask.
+    is spread over the row's later columns by the OBS update. With ``nm = (n, m)`` the mask is N:M
+    instead (``sparsity`` is then ignored): every ``m`` consecutive columns of a row keep the ``n`` with the
+    largest ``w^2 / U_jj^2``, chosen when the group is reached. Returns the mask.
     """
     _check_sparsity(sparsity)
     rows, cols = weight.shape
+    if nm is not None and (block_size % nm[1] or cols % nm[1]):
+        raise ValueError(f"m={nm[1]} must divide the block size {block_size} and the input dimension {cols}")
     if H.shape != (cols, cols):
         raise ValueError(f"H must be ({cols}, {cols}), got {tuple(H.shape)}")
     W = weight.detach().double().clone()
@@ -438,9 +444,12 @@ def sparsegpt_(weight: torch.Tensor, H: torch.Tensor, sparsity: float, block_siz
         i2 = min(i1 + block_size, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         d = Hinv1.diagonal()
-        m1 = row_mask(W1**2 / d[None, :] ** 2, sparsity)
+        m1 = row_mask(W1**2 / d[None, :] ** 2, sparsity) if nm is None else torch.ones_like(W1, dtype=torch.bool)
         Err1 = torch.zeros_like(W1)
         for j in range(i2 - i1):
+            if nm is not None and j % nm[1] == 0:
+                span = slice(j, j + nm[1])
+                m1[:, span] = nm_mask(W1[:, span] ** 2 / d[None, span] ** 2, *nm)
             w = W1[:, j]
             q = torch.where(m1[:, j], w, torch.zeros_like(w))
             err = (w - q) / d[j]
@@ -457,30 +466,84 @@ def sparsegpt_(weight: torch.Tensor, H: torch.Tensor, sparsity: float, block_siz
 @torch.no_grad()
 def prune_oneshot_(
     model: nn.Module, sparsity: float, method: str, run_calibration: Callable[[], object] | None = None,
+    nm: tuple[int, int] | None = None, skip: Iterable[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Prune every Linear of ``model`` in place, per output row, without retraining.
+    """Prune every Linear of ``model`` (except the names in ``skip``) in place, without retraining.
 
     ``method``: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·||X||) or ``"sparsegpt"`` (OBS reconstruction);
     the last two need ``run_calibration()``, which runs the model on calibration data. Statistics are
-    taken once from the unpruned model (one-shot, not sequential). Returns the masks.
+    taken once from the unpruned model (one-shot, not sequential). ``nm=None``: ``sparsity`` of each
+    output row; ``nm=(n, m)``: an N:M pattern (``n`` of every ``m`` consecutive inputs kept; ``sparsity``
+    must then be ``1 - n/m``). Returns the masks.
     """
     _check_sparsity(sparsity)
     if method not in ("magnitude", "wanda", "sparsegpt"):
         raise ValueError(f"method must be 'magnitude', 'wanda' or 'sparsegpt', got {method!r}")
-    layers = prunable_layers(model, (nn.Linear,))
+    if nm is not None and abs(sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+        raise ValueError(f"an {nm[0]}:{nm[1]} pattern removes {1 - nm[0] / nm[1]:g} of the weights, not {sparsity:g}")
+    skip = set(skip)
+    layers = {n: m for n, m in prunable_layers(model, (nn.Linear,)).items() if n not in skip}
     if method != "magnitude" and run_calibration is None:
         raise ValueError(f"{method} needs calibration data: pass run_calibration")
-    stats = collect_input_stats(model, run_calibration) if method != "magnitude" else {}
+    stats = collect_input_stats(model, run_calibration, list(layers)) if method != "magnitude" else {}
     masks = {}
     for name, lin in layers.items():
-        if method == "magnitude":
-            masks[name] = row_mask(lin.weight.abs(), sparsity)
-        elif method == "wanda":
-            masks[name] = wanda_mask(lin.weight, stats[name].col_norms, sparsity)
+        if method == "sparsegpt":
+            masks[name] = sparsegpt_(lin.weight, stats[name].H, sparsity, nm=nm)
         else:
-            masks[name] = sparsegpt_(lin.weight, stats[name].H, sparsity)
+            score = lin.weight.abs() if method == "magnitude" else lin.weight.abs() * stats[name].col_norms[None, :]
+            masks[name] = row_mask(score, sparsity) if nm is None else nm_mask(score, *nm)
         lin.weight.mul_(masks[name])
     return masks
+
+
+# ----------------------------------------------------------------------------- structured: whole blocks
+@torch.no_grad()
+def block_influence(blocks: nn.ModuleList, run: Callable[[], object]) -> torch.Tensor:
+    """ShortGPT's block influence (Men et al. 2024, arXiv 2403.03853) of each block ``(n_blocks,)``:
+    ``1 − cos(x_in, x_out)`` of the hidden state entering and leaving the block, averaged over every
+    token that ``run()`` pushes through the model. A block that barely turns its input scores near 0."""
+    if len(blocks) == 0:
+        raise ValueError("no blocks to score")
+    sums = torch.zeros(len(blocks), dtype=torch.float64)
+    counts = torch.zeros(len(blocks), dtype=torch.float64)
+
+    def hook(i):
+        def fn(module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            cos = F.cosine_similarity(x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double(), dim=-1)
+            sums[i] += float((1 - cos).sum())
+            counts[i] += cos.numel()
+        return fn
+
+    handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    if bool((counts == 0).any()):
+        raise ValueError("run() did not call every block")
+    return (sums / counts).float()
+
+
+def drop_blocks_(model: nn.Module, drop: Iterable[int]) -> nn.Module:
+    """Remove the blocks ``model.model.layers[i]`` for ``i`` in ``drop`` from a Llama-style causal LM, in
+    place, keeping the configuration and each attention's cache index consistent."""
+    blocks = model.model.layers
+    drop = sorted(set(int(i) for i in drop))
+    if any(not 0 <= i < len(blocks) for i in drop) or len(drop) >= len(blocks):
+        raise ValueError(f"drop must name some but not all of the {len(blocks)} blocks, got {drop}")
+    kept = [b for i, b in enumerate(blocks) if i not in drop]
+    for new_idx, b in enumerate(kept):
+        if hasattr(b, "self_attn") and hasattr(b.self_attn, "layer_idx"):
+            b.self_attn.layer_idx = new_idx
+    model.model.layers = nn.ModuleList(kept)
+    model.config.num_hidden_layers = len(kept)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [t for i, t in enumerate(model.config.layer_types) if i not in drop]
+    return model
 
 
 # ----------------------------------------------------------------------------- sparse execution

@@ -367,12 +367,90 @@ def gptq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4
           act_order: bool = False, skip: Iterable[str] = ()) -> nn.Module:
     """Quantize every ``nn.Linear`` of ``model`` with GPTQ (statistics from the FP32 model, one shot)
     and replace it by a :class:`QuantizedLinear`, in place."""
-    stats = collect_input_stats(model, run_calibration)
+    names = [n for n in prunable_layers(model, (nn.Linear,)) if n not in set(skip)]
+    stats = collect_input_stats(model, run_calibration, names)
     if any(s.n == 0 for s in stats.values()):
         raise ValueError("calibration data is empty: run_calibration() did not call every Linear")
-    qts = {n: gptq_quantize(m.weight, stats[n].H, bits, group_size, act_order=act_order)
-           for n, m in prunable_layers(model, (nn.Linear,)).items() if n not in set(skip)}
+    layers = prunable_layers(model, (nn.Linear,))
+    qts = {n: gptq_quantize(layers[n].weight, stats[n].H, bits, group_size, act_order=act_order) for n in names}
     return replace_linears(model, lambda n, lin: QuantizedLinear(lin, qtensor=qts[n]), skip)
+
+
+# ----------------------------------------------------------------------------- AWQ
+def minmax_fake_quantize(w: torch.Tensor, bits: int = 4, group_size: int = 32) -> torch.Tensor:
+    """GGUF-style asymmetric quantization: per group ``w ≈ d·q + m`` with ``q`` in ``[0, 2^b − 1]``,
+    ``d = (max − min) / (2^b − 1)`` and a float offset ``m = min`` (Q4_1 at 4 bits, groups of 32).
+    Unlike :func:`quantize_tensor` (integer zero-point, range widened to contain 0), values already
+    on such a grid come back exactly. Returns the dequantized ``(out, in)`` weight."""
+    _check_float(w, "w")
+    _check_bits(bits)
+    wg, _ = _groups(w.detach().float(), group_size, False)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    d = ((hi - lo) / (2**bits - 1)).clamp_min(1e-12)
+    q = torch.round((wg - lo) / d).clamp(0, 2**bits - 1)
+    return (q * d + lo).view_as(w).to(w.dtype)
+
+
+def output_error(weight: torch.Tensor, approx: torch.Tensor, H: torch.Tensor) -> float:
+    """``sum_rows ||(W − Ŵ) x||² = tr(E H Eᵀ)`` over the calibration inputs, with ``H = X Xᵀ`` ``(in, in)``."""
+    E = (weight.detach().double() - approx.detach().double())
+    return float(((E @ H.double()) * E).sum())
+
+
+@torch.no_grad()
+def awq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int | None = 64,
+                 n_grid: int = 20) -> tuple[QTensor, torch.Tensor]:
+    """AWQ (Lin et al. 2023, arXiv 2306.00978) on one weight ``(out, in)``: scale input channel ``j`` by
+    ``s_j = a_j^alpha`` (``a_j`` the RMS of input ``j``, from ``H``), quantize ``W diag(s)`` round-to-nearest
+    (symmetric), and keep the ``alpha`` in ``{0, 1/n_grid, ..., 1}`` whose ``Q(W diag(s)) diag(s)^-1`` has the
+    smallest output error on the calibration inputs. Salient channels (large activations) get finer steps.
+    Returns the quantized ``W diag(s)`` and ``s`` ``(in,)``; the layer computes ``Q(W s) (x / s)``."""
+    _check_float(weight, "weight")
+    cols = weight.shape[1]
+    if H.shape != (cols, cols):
+        raise ValueError(f"H must be ({cols}, {cols}), got {tuple(H.shape)}")
+    if n_grid < 1:
+        raise ValueError(f"n_grid must be >= 1, got {n_grid}")
+    a = H.diagonal().double().clamp_min(1e-12).sqrt()
+    w = weight.detach().double()
+    best = None
+    for i in range(n_grid + 1):
+        alpha = i / n_grid
+        s = a**alpha
+        s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1, as the paper's code does
+        qt = quantize_tensor((w * s).float(), bits, group_size)
+        err = output_error(weight, qt.dequantize().double() / s, H)
+        if best is None or err < best[0]:
+            best = (err, qt, s.float())
+    return best[1], best[2]
+
+
+class AWQLinear(QuantizedLinear):
+    """A :class:`QuantizedLinear` holding ``Q(W diag(s))`` and the input scales ``s`` (FP16, ``(in,)``):
+    ``y = Q(W s) (x / s)``. (AWQ folds ``1/s`` into the previous layer when it can; a vector is kept here.)"""
+
+    def __init__(self, linear: nn.Linear, qtensor: QTensor, input_scale: torch.Tensor):
+        super().__init__(linear, qtensor=qtensor)
+        if input_scale.shape != (linear.in_features,):
+            raise ValueError(f"input_scale must be ({linear.in_features},), got {tuple(input_scale.shape)}")
+        self.register_buffer("input_scale", input_scale.to(torch.float16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x / self.input_scale.to(x.dtype), self.weight().to(x.dtype), self.bias)
+
+
+@torch.no_grad()
+def awq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4, group_size: int | None = 64,
+         n_grid: int = 20, skip: Iterable[str] = ()) -> nn.Module:
+    """Quantize every ``nn.Linear`` (except ``skip``) with :func:`awq_quantize`, statistics from one run of
+    the FP32 model, and replace it by an :class:`AWQLinear`, in place."""
+    names = [n for n in prunable_layers(model, (nn.Linear,)) if n not in set(skip)]
+    stats = collect_input_stats(model, run_calibration, names)
+    if any(s.n == 0 for s in stats.values()):
+        raise ValueError("calibration data is empty: run_calibration() did not call every Linear")
+    layers = prunable_layers(model, (nn.Linear,))
+    done = {n: awq_quantize(layers[n].weight, stats[n].H, bits, group_size, n_grid) for n in names}
+    return replace_linears(model, lambda n, lin: AWQLinear(lin, *done[n]), skip)
 
 
 # ----------------------------------------------------------------------------- FP8

@@ -19,7 +19,7 @@ from lightweight import lowrank as L
 from lightweight import prune as P
 from lightweight import quantize as Q
 from lightweight.advise import quality_drop
-from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05
+from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
 from lightweight.grade import exercises_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,6 +231,19 @@ def test_other_valid_answers_pass():
     def qforward_repeat(x, q, scale, bias, g):
         return x @ (q.float() * scale.repeat_interleave(g, dim=1)).T + bias
 
+    def awq_unnormalised(W, H, bits, group_size, n_grid):
+        a, found = H.diagonal().sqrt(), []
+        for i in range(n_grid + 1):
+            s = (a ** (i / n_grid)).float()
+            w_hat = Q.fake_quantize(W * s, bits, group_size) / s
+            found.append((Q.output_error(W, w_hat, H), w_hat, s))
+        best = min(found, key=lambda t: t[0])
+        return best[1], best[2]
+
+    def influence_by_hand(x, y):
+        unit = lambda t: t / t.norm(dim=-1, keepdim=True)  # noqa: E731
+        return (1 - (unit(x) * unit(y)).sum(-1)).mean().item()
+
     answers = [
         (ch00.memory_gb, lambda n, f: n * BITS[f] / 8e9), (ch00.fits, lambda n, f, ram: n * BITS[f] / 8e9 / ram <= 0.7),
         (ch00.bits_per_char, lambda loss: loss * math.log2(math.e)),
@@ -247,6 +260,8 @@ def test_other_valid_answers_pass():
         (ch04.group_scales, lambda w, g, b: Q.quantize_tensor(w, b, g).scale),
         (ch05.bits_per_weight, C.bits_per_weight), (ch05.pareto_front, C.pareto_front), (ch05.quality_drop, quality_drop),
         (ch05.prune_then_quantize, lambda w, s, b, g: Q.fake_quantize(w * P.magnitude_mask(w, s), b, g)),
+        (ch06.bits_per_byte, lambda nll, n: nll * math.log2(math.e) / n), (ch06.awq_search, awq_unnormalised),
+        (ch06.block_influence, influence_by_hand),
     ]
     for check, fn in answers:
         r = run(check, fn)

@@ -129,6 +129,18 @@ def test_advise_filters_by_quality_needs_and_speed():
             advise(**args)
 
 
+def test_advise_wants_every_text_domain_to_fit():
+    def llm(method, shakespeare, sotu, size, needs="calibration"):
+        return [bench.row("llm", method, "smollm2-135m", "ppl", base, value, size, None, needs=needs, domain=d)
+                for d, base, value in [("shakespeare", 80.0, shakespeare), ("sotu", 30.0, sotu)]]
+
+    rows = llm("fp32-reference", 80.0, 30.0, 1.0, "none") + llm("int4-gptq-g64", 84.0, 36.0, 0.3) + \
+        llm("int8-rtn-channel", 80.4, 30.2, 0.55, "none")
+    picked = advise(rows, "smollm2-135m", "ppl", 0.10)  # GPTQ is within 10% on Shakespeare only (+5%, +20%)
+    assert [r["method"] for r in picked] == ["int8-rtn-channel", "fp32-reference"]
+    assert [r["setting"]["domain"] for r in advise(rows, "smollm2-135m", "ppl", 0.25)][:1] == ["sotu"]  # its worst domain
+
+
 def test_shipped_results_cover_every_chapter_and_match_their_table():
     measured_on, rows = bench.load_results()
     data = {"machine": measured_on, "rows": rows}

@@ -24,7 +24,7 @@ from lightweight import distill as D
 from lightweight import lowrank as L
 from lightweight import prune as P
 from lightweight import quantize as Q
-from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05
+from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
 from lightweight.advise import quality_drop
 from lightweight.grade import exercises_of
 
@@ -1243,6 +1243,127 @@ def drop_flipped(r):
 def drop_pops_value(r):
     base, value = r["baseline"], r.pop("value")
     return value / base - 1.0 if r["metric"] == "val_loss" else base - value
+
+
+# ----------------------------------------------------------------------------- chapter 6
+@mutant(ch06.bits_per_byte, "quên đổi nat sang bit")
+def bpb_in_nats(nll, n_bytes):
+    return nll / n_bytes
+
+
+@mutant(ch06.bits_per_byte, "không phải nhân")
+def bpb_times_ln2(nll, n_bytes):
+    return nll * math.log(2) / n_bytes
+
+
+@mutant(ch06.bits_per_byte, "không phải ln 10")
+def bpb_log10(nll, n_bytes):
+    return nll / math.log(10) / n_bytes
+
+
+@mutant(ch06.bits_per_byte, "chưa chia cho số byte")
+def bpb_total_bits(nll, n_bytes):
+    return nll / math.log(2)
+
+
+@mutant(ch06.bits_per_byte, "8 × số byte")
+def bpb_per_bit(nll, n_bytes):
+    return nll / math.log(2) / (8 * n_bytes)
+
+
+@mutant(ch06.bits_per_byte, "số thực Python (float)")
+def bpb_as_tensor(nll, n_bytes):
+    return torch.tensor(nll) / math.log(2) / n_bytes
+
+
+def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None):
+    a = H.diagonal().double().clamp_min(1e-12).sqrt()
+    found = []
+    for i in range(n_grid + 1):
+        s = a ** (i / n_grid)
+        q = Q.fake_quantize((W.double() * s).float(), bits, group or group_size).double()
+        w_hat = (q / s if divide else q).float()
+        found.append((Q.output_error(W, (q / s).float(), H), w_hat, s.float()))
+    best = pick(found, key=lambda t: t[0])
+    return best[1], best[2]
+
+
+def awq_grid(W, H, bits, group_size, n_grid, steps):
+    a, found = H.diagonal().double().sqrt(), []
+    for i in steps:
+        s = a ** (i / n_grid)
+        w_hat = (Q.fake_quantize((W.double() * s).float(), bits, group_size).double() / s).float()
+        found.append((Q.output_error(W, w_hat, H), w_hat, s.float()))
+    best = min(found, key=lambda t: t[0])
+    return best[1], best[2]
+
+
+@mutant(ch06.awq_search, "kể cả hai đầu 0 và 1")
+def awq_without_alpha_one(W, H, bits, group_size, n_grid):
+    return awq_grid(W, H, bits, group_size, n_grid, range(n_grid))
+
+
+@mutant(ch06.awq_search, "alpha = 0 (s = 1) luôn nằm")
+def awq_without_alpha_zero(W, H, bits, group_size, n_grid):
+    return awq_grid(W, H, bits, group_size, n_grid, range(1, n_grid + 1))
+
+
+@mutant(ch06.awq_search, "mọi alpha")
+def awq_never_scales(W, H, bits, group_size, n_grid):
+    return Q.fake_quantize(W, bits, group_size), torch.ones(W.shape[1])
+
+
+@mutant(ch06.awq_search, "chưa chia lại cho s")
+def awq_no_unscale(W, H, bits, group_size, n_grid):
+    return awq(W, H, bits, group_size, n_grid, divide=False)
+
+
+@mutant(ch06.awq_search, "dùng đúng các tham số")
+def awq_fixed_group(W, H, bits, group_size, n_grid):
+    return awq(W, H, bits, group_size, n_grid, group=32)
+
+
+@mutant(ch06.awq_search, "không thể tệ hơn")
+def awq_largest_error(W, H, bits, group_size, n_grid):
+    return awq(W, H, bits, group_size, n_grid, pick=max)
+
+
+@mutant(ch06.awq_search, "tại chỗ (in-place)")
+def awq_scales_w_in_place(W, H, bits, group_size, n_grid):
+    W.mul_(2.0)
+    W.div_(2.0)
+    W.add_(1e-3)
+    return awq(W, H, bits, group_size, n_grid)
+
+
+@mutant(ch06.block_influence, "1 − cos (khối không làm gì")
+def influence_mean_cos(x, y):
+    return float(F.cosine_similarity(x, y, dim=-1).mean())
+
+
+@mutant(ch06.block_influence, "không theo chiều token")
+def influence_token_axis(x, y):
+    return float((1 - F.cosine_similarity(x, y, dim=1)).mean())
+
+
+@mutant(ch06.block_influence, "cả tensor làm phẳng")
+def influence_one_cosine(x, y):
+    return float(1 - F.cosine_similarity(x.reshape(1, -1), y.reshape(1, -1), dim=-1))
+
+
+@mutant(ch06.block_influence, "1 − |cos|")
+def influence_abs_cos(x, y):
+    return float((1 - F.cosine_similarity(x, y, dim=-1).abs()).mean())
+
+
+@mutant(ch06.block_influence, "số thực Python (float)")
+def influence_tensor(x, y):
+    return (1 - F.cosine_similarity(x, y, dim=-1)).mean()
+
+
+@mutant(ch06.block_influence, "gộp chúng lại như công thức")
+def influence_per_token(x, y):
+    return 1 - F.cosine_similarity(x, y, dim=-1)
 
 
 # ----------------------------------------------------------------------------- the tests

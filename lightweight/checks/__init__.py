@@ -99,7 +99,13 @@ def _kind(x: object) -> str:
 def as_float(got: object, what: str) -> float:
     """A Python real number (``int`` or ``float``, not ``bool``, not a tensor)."""
     if isinstance(got, bool) or not isinstance(got, (int, float)):
-        hint = " Đổi bằng float(...) hoặc .item()." if isinstance(got, torch.Tensor) or hasattr(got, "item") else ""
+        if isinstance(got, torch.Tensor) and got.numel() > 1:
+            hint = (f" Tensor này có {got.numel()} phần tử, còn đề bài cần một con số: gộp chúng lại như công thức "
+                    "(thường là .mean() hay .sum()), rồi mới đổi bằng float(...).")
+        elif isinstance(got, torch.Tensor) or hasattr(got, "item"):
+            hint = " Đổi bằng float(...) hoặc .item()."
+        else:
+            hint = ""
         raise CheckFailed(f"{what} phải là một số thực Python (float), nhận {_kind(got)}.{hint}")
     return float(got)
 
