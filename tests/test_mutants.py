@@ -1276,10 +1276,12 @@ def bpb_as_tensor(nll, n_bytes):
     return torch.tensor(nll) / math.log(2) / n_bytes
 
 
-def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None):
+def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None, steps=None):
+    """AWQ's search with one mistake at a time: the worst alpha (``pick=max``), no division by s, a fixed
+    group size, or only some of the grid's ``steps``."""
     a = H.diagonal().double().clamp_min(1e-12).sqrt()
     found = []
-    for i in range(n_grid + 1):
+    for i in range(n_grid + 1) if steps is None else steps:
         s = a ** (i / n_grid)
         q = Q.fake_quantize((W.double() * s).float(), bits, group or group_size).double()
         w_hat = (q / s if divide else q).float()
@@ -1288,24 +1290,14 @@ def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None):
     return best[1], best[2]
 
 
-def awq_grid(W, H, bits, group_size, n_grid, steps):
-    a, found = H.diagonal().double().sqrt(), []
-    for i in steps:
-        s = a ** (i / n_grid)
-        w_hat = (Q.fake_quantize((W.double() * s).float(), bits, group_size).double() / s).float()
-        found.append((Q.output_error(W, w_hat, H), w_hat, s.float()))
-    best = min(found, key=lambda t: t[0])
-    return best[1], best[2]
-
-
 @mutant(ch06.awq_search, "kể cả hai đầu 0 và 1")
 def awq_without_alpha_one(W, H, bits, group_size, n_grid):
-    return awq_grid(W, H, bits, group_size, n_grid, range(n_grid))
+    return awq(W, H, bits, group_size, n_grid, steps=range(n_grid))
 
 
 @mutant(ch06.awq_search, "alpha = 0 (s = 1) luôn nằm")
 def awq_without_alpha_zero(W, H, bits, group_size, n_grid):
-    return awq_grid(W, H, bits, group_size, n_grid, range(1, n_grid + 1))
+    return awq(W, H, bits, group_size, n_grid, steps=range(1, n_grid + 1))
 
 
 @mutant(ch06.awq_search, "mọi alpha")
