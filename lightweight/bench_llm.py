@@ -85,6 +85,7 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
     yield "kd-halfdepth", lambda: _student(fp32, tok, teacher=True), "training", dict(blocks=len(STUDENT_KEEP), steps=STUDENT_STEPS)
     yield "text-halfdepth", lambda: _student(fp32, tok, teacher=False), "training", dict(blocks=len(STUDENT_KEEP), steps=STUDENT_STEPS)
     yield f"combo-depth{DEPTH_DROP}-gptq4-emb8", q(lambda m: _combo(m, cal)), "calibration", dict(bits=4, group_size=64)
+    yield "combo-gptq4-emb8", q(lambda m: _combo(m, cal, drop=0)), "calibration", dict(bits=4, group_size=64)
     for bits in (3,):
         yield f"int{bits}-rtn-g64", q(lambda m, b=bits: Q.quantize_(m, b, 64, skip=skip)), "none", dict(bits=bits, group_size=64)
         yield f"int{bits}-gptq-g64", blockwise(lambda blk, r, b=bits: Q.gptq_(blk, r, b, 64, act_order=True)), "calibration", \
@@ -121,9 +122,11 @@ def _drop(m: nn.Module, cal: torch.Tensor, k: int) -> nn.Module:
     return P.drop_blocks_(m, bi.argsort()[:k].tolist())
 
 
-def _combo(m: nn.Module, cal: torch.Tensor) -> nn.Module:
-    """Depth pruning (6 blocks by block influence) + GPTQ INT4 g64 blocks (block by block) + INT8 per-row embedding."""
-    _drop(m, cal, DEPTH_DROP)
+def _combo(m: nn.Module, cal: torch.Tensor, drop: int = DEPTH_DROP) -> nn.Module:
+    """Depth pruning (``drop`` blocks by block influence, none when 0) + GPTQ INT4 g64 blocks (block by
+    block) + INT8 per-row shared embedding."""
+    if drop:
+        _drop(m, cal, drop)
     compress_blockwise_(m, cal, lambda blk, r: Q.gptq_(blk, r, 4, 64, act_order=True), progress=False)
     quantize_embedding_(m)
     return m

@@ -1277,10 +1277,59 @@ def bpb_as_tensor(nll, n_bytes):
     return torch.tensor(nll) / math.log(2) / n_bytes
 
 
-def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None):
+@mutant(ch06.kl_to_reference, "chiều ngược lại")
+def kl_reversed(ref, q):
+    return float((q.exp() * (q - ref)).sum(-1).mean())
+
+
+@mutant(ch06.kl_to_reference, "không phải log-xác suất")
+def kl_log_weights(ref, q):
+    return float((ref * (ref - q)).sum(-1).mean())
+
+
+@mutant(ch06.kl_to_reference, "*tổng* trên mọi token của từ vựng")
+def kl_mean_over_vocab(ref, q):
+    return float((ref.exp() * (ref - q)).mean())
+
+
+@mutant(ch06.kl_to_reference, "không phải tổng")
+def kl_sum_over_positions(ref, q):
+    return float((ref.exp() * (ref - q)).sum())
+
+
+@mutant(ch06.kl_to_reference, "gộp chúng lại như công thức")
+def kl_per_position(ref, q):
+    return (ref.exp() * (ref - q)).sum(-1)
+
+
+@mutant(ch06.blocks_to_drop, "ảnh hưởng *lớn* nhất")
+def drop_most_influential(influence, k):
+    return sorted(influence.argsort(descending=True)[:k].tolist())
+
+
+@mutant(ch06.blocks_to_drop, "sắp theo chỉ số tăng dần")
+def drop_in_influence_order(influence, k):
+    return influence.argsort()[:k].tolist()
+
+
+@mutant(ch06.blocks_to_drop, "dùng .tolist()")
+def drop_as_tensor(influence, k):
+    return influence.argsort()[:k].sort().values
+
+
+@mutant(ch06.blocks_to_drop, "tại chỗ (in-place)")
+def drop_sorts_in_place(influence, k):
+    order = influence.argsort()
+    influence[:] = influence[order]
+    return sorted(order[:k].tolist())
+
+
+def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None, steps=None):
+    """AWQ's search with one mistake at a time: the worst alpha (``pick=max``), no division by s, a fixed
+    group size, or only some of the grid's ``steps``."""
     a = H.diagonal().double().clamp_min(1e-12).sqrt()
     found = []
-    for i in range(n_grid + 1):
+    for i in range(n_grid + 1) if steps is None else steps:
         s = a ** (i / n_grid)
         q = Q.fake_quantize((W.double() * s).float(), bits, group or group_size).double()
         w_hat = (q / s if divide else q).float()
@@ -1289,24 +1338,14 @@ def awq(W, H, bits, group_size, n_grid, pick=min, divide=True, group=None):
     return best[1], best[2]
 
 
-def awq_grid(W, H, bits, group_size, n_grid, steps):
-    a, found = H.diagonal().double().sqrt(), []
-    for i in steps:
-        s = a ** (i / n_grid)
-        w_hat = (Q.fake_quantize((W.double() * s).float(), bits, group_size).double() / s).float()
-        found.append((Q.output_error(W, w_hat, H), w_hat, s.float()))
-    best = min(found, key=lambda t: t[0])
-    return best[1], best[2]
-
-
 @mutant(ch06.awq_search, "kể cả hai đầu 0 và 1")
 def awq_without_alpha_one(W, H, bits, group_size, n_grid):
-    return awq_grid(W, H, bits, group_size, n_grid, range(n_grid))
+    return awq(W, H, bits, group_size, n_grid, steps=range(n_grid))
 
 
 @mutant(ch06.awq_search, "alpha = 0 (s = 1) luôn nằm")
 def awq_without_alpha_zero(W, H, bits, group_size, n_grid):
-    return awq_grid(W, H, bits, group_size, n_grid, range(1, n_grid + 1))
+    return awq(W, H, bits, group_size, n_grid, steps=range(1, n_grid + 1))
 
 
 @mutant(ch06.awq_search, "mọi alpha")

@@ -1,4 +1,5 @@
-"""Checks of chapter 6 (a real LLM): bits per byte, AWQ's scale search, block influence."""
+"""Checks of chapter 6 (a real LLM): bits per byte, KL to the reference, AWQ's scale search, block
+influence, the blocks to drop."""
 
 from __future__ import annotations
 
@@ -30,6 +31,37 @@ def bits_per_byte(fn: Callable[[float, int], float]) -> None:
     for (nll, n), g, w in zip(BPB_CASES, got, want):
         expect_close(g, w, f"bpb với NLL = {nll:g} nat trên {n} byte", rel=1e-6,
                      hint="bpb = (tổng NLL tính bằng nat) / ln 2 / (số byte UTF-8).")
+
+
+def _log_probs(seed: int, n: int, vocab: int, sharp: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(n, vocab, generator=g) * sharp, dim=-1)
+
+
+KL_CASES = [(0, 5, 7, 1.0), (1, 3, 50, 3.0), (2, 8, 11, 0.5)]  # seed, positions, vocabulary, sharpness
+
+
+@exercise("ch06.kl_to_reference", "KL so với mô hình gốc")
+def kl_to_reference(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
+    pairs = [(_log_probs(s, n, v, t), _log_probs(s + 10, n, v, t)) for s, n, v, t in KL_CASES]
+    got = [as_float(call(fn, ref, q, names=["ref_logp", "logp"]), f"kl_to_reference với ({ref.shape[0]}, {ref.shape[1]})")
+           for ref, q in pairs]
+    want = [float((ref.exp() * (ref - q)).sum(-1).mean()) for ref, q in pairs]
+    recognise(got, {
+        "đây là KL theo chiều ngược lại, KL(p_nén ‖ p_gốc): trọng số phải là xác suất của mô hình *gốc*, exp(ref_logp).":
+            [float((q.exp() * (q - ref)).sum(-1).mean()) for ref, q in pairs],
+        "trọng số của tổng là xác suất p_gốc = exp(ref_logp), không phải log-xác suất.":
+            [float((ref * (ref - q)).sum(-1).mean()) for ref, q in pairs],
+        "KL của một vị trí là *tổng* trên mọi token của từ vựng; chỉ lấy trung bình trên các vị trí.":
+            [float((ref.exp() * (ref - q)).mean()) for ref, q in pairs],
+        "cần trung bình trên các vị trí (chia cho N), không phải tổng.":
+            [float((ref.exp() * (ref - q)).sum()) for ref, q in pairs],
+    }, lambda a, b: close(a, b, 1e-5, 1e-9), want)
+    for (ref, _), a, b in zip(pairs, got, want):
+        expect_close(a, b, f"KL với {ref.shape[0]} vị trí, từ vựng {ref.shape[1]}", rel=1e-5, abs_=1e-9,
+                     hint="KL = trung bình theo vị trí của Σ_v exp(ref_logp) · (ref_logp − logp).")
+    same = as_float(call(fn, pairs[0][0], pairs[0][0], names=["ref_logp", "logp"]), "kl_to_reference(p, p)")
+    expect_close(same, 0.0, "KL của một mô hình với chính nó", abs_=1e-7, hint="hai phân phối giống nhau thì KL = 0.")
 
 
 def _case(seed: int, out: int, cols: int, kind: str = "spread") -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,3 +161,25 @@ def block_influence(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
     for (x, _, what), value, e in zip(cases, got, expected):
         expect_close(value, e["right"], f"ảnh hưởng khi {what}, {tuple(x.shape)}", rel=1e-4, abs_=1e-6,
                      hint="lấy 1 − cos(x_t, y_t) cho từng token t (vector theo chiều cuối), rồi trung bình trên mọi token.")
+
+
+DROP_CASES = [(0, 30, 6), (1, 7, 1), (2, 12, 4)]  # seed, blocks, k
+
+
+@exercise("ch06.blocks_to_drop", "Chọn các khối để bỏ")
+def blocks_to_drop(fn: Callable[[torch.Tensor, int], list[int]]) -> None:
+    for seed, n, k in DROP_CASES:
+        influence = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+        got = call(fn, influence, k, names=["influence", "k"])
+        where = f"{n} khối, k = {k}"
+        if isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{where}: hàm cần trả về một list các số nguyên Python, nhận một tensor; dùng .tolist().")
+        expect(isinstance(got, list) and all(type(i) is int for i in got),
+               f"{where}: hàm cần trả về một list các số nguyên Python (int), nhận {type(got).__name__}"
+               + (f" chứa {type(got[0]).__name__}" if isinstance(got, list) and got else "") + ".")
+        want = sorted(influence.argsort()[:k].tolist())
+        if got == sorted(influence.argsort(descending=True)[:k].tolist()):
+            raise CheckFailed(f"{where}: bạn chọn các khối có ảnh hưởng *lớn* nhất; cần bỏ những khối làm ít nhất (BI nhỏ nhất).")
+        if sorted(got) == want and got != want:
+            raise CheckFailed(f"{where}: đúng các khối, nhưng list phải sắp theo chỉ số tăng dần (sorted).")
+        expect(got == want, f"{where}: mong đợi {want}, nhận {got}. Gợi ý: chỉ số của k giá trị nhỏ nhất, sắp tăng dần.")
