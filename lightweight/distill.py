@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import CharCorpus
-from .train import lr_schedule, progress_bar, set_seed, train_classifier
+from .train import clipped_step, lr_schedule, progress_bar, set_seed, train_classifier
 
 
 # ----------------------------------------------------------------------------- soft labels and the loss
@@ -114,11 +114,7 @@ def distill_lm(student: nn.Module, teacher: nn.Module, corpus: CharCorpus, steps
                 loss = alpha * F.cross_entropy(s_logits, y.flatten()) + (1 - alpha) * loss
         else:
             loss = kd_loss(s_logits, t_logits, y.flatten(), T, alpha)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        history.append((step, loss.item()))
+        history.append((step, clipped_step(opt, student.parameters(), loss)))
     student.eval()
     return history
 
@@ -204,11 +200,7 @@ def distill_minilm(student: nn.Module, teacher: nn.Module, lines: list[str], ste
         pooled = 1 - F.cosine_similarity(_mean_pool(s_h[-1], enc["attention_mask"]),
                                          _mean_pool(t_h[-1], enc["attention_mask"])).mean()
         loss = hidden + pooled
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(clipped_step(opt, params, loss))
         if on_step is not None:
             on_step(step)
     sb.eval()
@@ -256,10 +248,6 @@ def train_causal_lm(student: nn.Module, windows: torch.Tensor, steps: int, teach
             with torch.no_grad():
                 t_logits = teacher(x).logits[:, :-1].flatten(0, 1)
             loss = kd_loss(s_logits, t_logits, None, T, alpha=0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        history.append((step, loss.item()))
+        history.append((step, clipped_step(opt, student.parameters(), loss)))
     student.eval()
     return history

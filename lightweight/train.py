@@ -19,6 +19,15 @@ from tqdm.auto import tqdm
 from .data import CharCorpus
 
 
+def clipped_step(opt: torch.optim.Optimizer, params, loss: torch.Tensor, max_norm: float = 1.0) -> float:
+    """One optimizer step on ``loss`` with gradients clipped to ``max_norm`` (global L2 norm); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    return loss.item()
+
+
 def progress_bar(iterable, progress: bool = True, **kwargs):
     """A tqdm bar over ``iterable``; ``progress=False`` hides it, and so does ``TQDM_DISABLE=1``
     (checked here because tqdm's notebook widget does not read that variable)."""
@@ -133,11 +142,7 @@ def train_lm(
         x, y = corpus.get_batch("train", batch_size, block, gen)
         logits = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append((step, loss.item()))
+        history.append((step, clipped_step(opt, model.parameters(), loss)))
         if eval_every and (step + 1) % eval_every == 0:
             bar.set_postfix(train=f"{loss.item():.3f}", val=f"{evaluate_lm(model, corpus, n_batches=8):.3f}")
     model.eval()
