@@ -20,22 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import libref, lowbit, reference
+from . import quantize as Q
+from .llm import compress_blockwise_
 from .train import progress_bar
 
-PATHS = ("fp32", "bf16", "int8-ours", "int4-ours", "int4-ours-fp32act", "int4-ours-head",
+PATHS = ("fp32", "bf16", "int8-ours", "int4-ours", "int4-ours-fp32act", "int4-ours-head", "int4-ours-head8",
          "torchao-int8", "torchao-int4", "torchao-int8-dynamic", "torch.ao-int8-dynamic")
-DESCRIPTIONS = {
-    "fp32": "PyTorch FP32",
-    "bf16": "PyTorch BF16",
-    "int8-ours": "INT8 của ta, aten _weight_int8pack_mm, kích hoạt BF16",
-    "int4-ours": "INT4 g32 của ta, aten _weight_int4pack_mm_for_cpu, kích hoạt BF16",
-    "int4-ours-fp32act": "INT4 g32 của ta, cùng nhân tính toán, kích hoạt FP32",
-    "int4-ours-head": "INT4 g32 của ta, cả lm_head (tháo buộc)",
-    "torchao-int8": "torchao Int8WeightOnlyConfig",
-    "torchao-int4": "torchao PrototypeInt4WeightOnlyConfig g32",
-    "torchao-int8-dynamic": "torchao Int8DynamicActivationInt8WeightConfig",
-    "torch.ao-int8-dynamic": "torch.ao quantize_dynamic (fbgemm)",
-}
 
 
 def build_path(model: nn.Module, name: str, group_size: int = 32, qtensors: dict | None = None) -> nn.Module:
@@ -59,9 +49,20 @@ def build_path(model: nn.Module, name: str, group_size: int = 32, qtensors: dict
         libref.torchao_(m, "int4-weight-only", group_size=group_size)
     elif name == "int8-ours":
         lowbit.swap_(m, bits=8)
-    elif name in ("int4-ours", "int4-ours-head"):
-        lowbit.swap_(m, bits=4, group_size=group_size, lm_head=name == "int4-ours-head", qtensors=qtensors)
+    elif name.startswith("int4-ours"):  # the tied head stays BF16, or is untied into INT4 / INT8
+        head = {"int4-ours": False, "int4-ours-head": 4, "int4-ours-head8": 8}[name]
+        lowbit.swap_(m, bits=4, group_size=group_size, lm_head=head, qtensors=qtensors)
     return m
+
+
+def gptq_int4(model: nn.Module, windows: torch.Tensor, group_size: int = 32, progress: bool = True) -> dict[str, Q.QTensor]:
+    """Our GPTQ INT4 integers for every linear layer of the blocks: symmetric, groups of ``group_size``
+    inputs, columns in decreasing ``H_jj`` order with static groups (so groups stay contiguous, as the
+    int4 kernel and GGUF need), computed block by block on calibration ``windows`` ``(N, T)`` as in
+    chapter 6. ``model`` is left unchanged. Returns layer name -> ``QTensor``."""
+    m = compress_blockwise_(copy.deepcopy(model), windows,
+                            lambda blk, run: Q.gptq_(blk, run, 4, group_size, act_order=True), progress=progress)
+    return {n: lowbit.qtensor_of(mod) for n, mod in m.named_modules() if isinstance(mod, Q.QuantizedLinear)}
 
 
 def generator(model: nn.Module, prompt: torch.Tensor, new_tokens: int, pad_token_id: int = 0) -> Callable[[], None]:
@@ -74,6 +75,33 @@ def generator(model: nn.Module, prompt: torch.Tensor, new_tokens: int, pad_token
     def run() -> None:
         model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                        do_sample=False, pad_token_id=pad_token_id)
+
+    return run
+
+
+def static_generator(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compile: bool = False) -> Callable[[], torch.Tensor]:
+    """A callable that greedily generates ``new_tokens`` after ``prompt`` ``(batch, T)`` with our own
+    loop over a preallocated KV cache (``StaticCache``), so that every decoding step has the same
+    shapes. ``compile=True`` compiles the model's step with ``torch.compile`` (Inductor, which needs
+    a C++ compiler; the first call compiles, about a minute on 2 cores): fused element-wise ops and no
+    Python between them, the per-token overhead that eager PyTorch pays 30 blocks times 10 modules
+    over. Returns the generated ids ``(batch, new_tokens)``."""
+    from transformers import StaticCache
+
+    if prompt.dim() != 2 or new_tokens < 1:
+        raise ValueError(f"prompt must be token ids (batch, T) and new_tokens >= 1, got {tuple(prompt.shape)}, {new_tokens}")
+    length = prompt.shape[1]
+    step = torch.compile(model.forward, dynamic=False) if compile else model.forward
+
+    @torch.inference_mode()
+    def run() -> torch.Tensor:
+        cache = StaticCache(config=model.config, max_cache_len=length + new_tokens)
+        out = model(prompt, past_key_values=cache, cache_position=torch.arange(length), use_cache=True, logits_to_keep=1)
+        ids = [out.logits[:, -1].argmax(-1, keepdim=True)]
+        for i in range(new_tokens - 1):
+            out = step(ids[-1], past_key_values=cache, cache_position=torch.tensor([length + i]), use_cache=True)
+            ids.append(out.logits[:, -1].argmax(-1, keepdim=True))
+        return torch.cat(ids, dim=1)
 
     return run
 

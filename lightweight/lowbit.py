@@ -167,28 +167,31 @@ def untie_lm_head_(model: nn.Module) -> nn.Module:
 
 
 def swap_(model: nn.Module, bits: int = 4, group_size: int = 32, act_dtype: torch.dtype = torch.bfloat16,
-          lm_head: bool = False, qtensors: dict[str, QTensor] | None = None,
+          lm_head: bool | int = False, qtensors: dict[str, QTensor] | None = None,
           skip: Iterable[str] = ()) -> list[str]:
     """Replace the model's linear layers by :class:`Int8WeightOnlyLinear` (``bits=8``, per channel) or
     :class:`Int4WeightOnlyLinear` (``bits=4``, groups of ``group_size``), in place.
 
     Integers come from ``qtensors[name]`` when given (GPTQ results, for instance), from an existing
     :class:`QuantizedLinear`, or else from round-to-nearest. ``lm_head=True`` unties and quantizes the
-    output head too (the largest matrix); otherwise it stays as it is. Layers the kernel cannot run
-    (an INT8 input size that is not a multiple of 16) stay float. Returns the names left float."""
+    output head too (the largest matrix) with ``bits``; ``lm_head=8`` or ``4`` gives it that many
+    bits instead (INT8 per channel, INT4 in groups); otherwise it stays as it is. Layers the kernel cannot run (an INT8
+    input size that is not a multiple of 16) stay float. Returns the names left float."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if lm_head not in (False, True, 4, 8):
+        raise ValueError(f"lm_head must be False, True, 4 or 8, got {lm_head!r}")
     _check_act_dtype(act_dtype)
     qtensors, skip = dict(qtensors or {}), set(skip)
-    if lm_head:
+    head_bits = bits if lm_head is True else lm_head
+    if head_bits:
         untie_lm_head_(model)
-    else:
-        skip.add("lm_head")
+    skip.add("lm_head")
     targets = {n: m for n, m in model.named_modules()
                if isinstance(m, (nn.Linear, QuantizedLinear)) and n not in skip}
     if not targets:
         raise ValueError("the model has no linear layer to swap")
-    unknown = set(qtensors) - set(targets)
+    unknown = set(qtensors) - set(targets) - ({"lm_head"} if head_bits else set())
     if unknown:
         raise ValueError(f"qtensors name layers that are not swapped: {sorted(unknown)}")
     left_float = []
@@ -200,6 +203,11 @@ def swap_(model: nn.Module, bits: int = 4, group_size: int = 32, act_dtype: torc
         new = (Int8WeightOnlyLinear(layer, qt, act_dtype) if bits == 8
                else Int4WeightOnlyLinear(layer, qt, group_size, act_dtype))
         set_module(model, name, new)
+    if head_bits:
+        head = model.lm_head
+        new = (Int8WeightOnlyLinear(head, qtensors.get("lm_head"), act_dtype) if head_bits == 8
+               else Int4WeightOnlyLinear(head, qtensors.get("lm_head"), group_size, act_dtype))
+        set_module(model, "lm_head", new)
     return left_float
 
 

@@ -86,3 +86,34 @@ def test_ch07_right_answers_pass_and_typical_mistakes_get_hints():
     def todo(*a):
         raise NotImplementedError()
     assert _run(ch07.int4_bytes, todo).status == "not attempted"
+
+
+def test_static_generator_gives_the_greedy_tokens_of_generate():
+    model = _tiny_llama()
+    prompt = torch.randint(128, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, min_new_tokens=6,
+                                  do_sample=False, pad_token_id=0)[:, 5:]
+    got = fast.static_generator(model, prompt, 6)()
+    assert got.shape == (2, 6) and torch.equal(got, expected)
+    with pytest.raises(ValueError, match="new_tokens"):
+        fast.static_generator(model, prompt, 0)
+
+
+def test_gptq_int4_gives_symmetric_groups_for_every_block_linear_and_leaves_the_model_alone():
+    model = _tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    windows = torch.randint(128, (4, 16), generator=torch.Generator().manual_seed(2))
+    qts = fast.gptq_int4(model, windows, group_size=32, progress=False)
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}
+    assert set(qts) == linears
+    for name, qt in qts.items():
+        w = model.get_submodule(name).weight
+        assert qt.bits == 4 and qt.group_size == 32 and qt.q.shape == w.shape
+        assert int(qt.q.min()) >= -8 and int(qt.q.max()) <= 7 and bool((qt.zero == 0).all())
+        assert float((qt.dequantize() - w).norm() / w.norm()) < 0.2, name  # a 4-bit copy, not noise
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    m = fast.build_path(model, "int4-ours", qtensors=qts)
+    layer = m.get_submodule("model.layers.0.mlp.down_proj")
+    ref = qts["model.layers.0.mlp.down_proj"].dequantize()
+    assert float((layer.dequantized_weight() - ref).norm() / ref.norm()) < 0.01

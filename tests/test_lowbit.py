@@ -117,6 +117,16 @@ def test_swap_unties_and_quantizes_the_head():
     assert isinstance(model.lm_head, L.Int4WeightOnlyLinear)
     assert model.config.tie_word_embeddings is False
     assert isinstance(model.model.embed_tokens, nn.Embedding)
+    eight = _tiny_llama()
+    emb = eight.model.embed_tokens.weight.detach().clone()
+    L.swap_(eight, bits=4, group_size=32, lm_head=8)
+    assert isinstance(eight.lm_head, L.Int8WeightOnlyLinear)
+    assert isinstance(eight.model.layers[0].mlp.down_proj, L.Int4WeightOnlyLinear)
+    w = eight.model.embed_tokens.weight
+    assert w.dtype == torch.float32 and _rel(eight.lm_head.dequantized_weight(), w) < 0.01  # INT8 copy of the embedding
+    assert torch.equal(emb, w)  # the embedding itself is left as it was
+    with pytest.raises(ValueError, match="lm_head"):
+        L.swap_(_tiny_llama(), bits=4, lm_head=2)
 
 
 def test_swap_leaves_float_what_int8_cannot_run_and_checks_names():
