@@ -103,7 +103,7 @@ def fast_rows(ctx: BenchContext) -> list[dict]:
     return rows
 
 
-def _compiled_rows(paths, prompt, rounds, rate1, score, ref, sizes, read, machine) -> list[dict]:
+def _compiled_rows(paths, prompt, rounds, score, ref, sizes, read, machine) -> list[dict]:
     compiled = {n: fast.static_generator(paths[n], prompt, NEW_TOKENS, compile=True) for n in ("fp32", "int4-ours-head8")}
     for run in compiled.values():
         run()  # compiles
