@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book book-student test test-portable test-browser lab solutions labs pretrain bench bench-table clean
+.PHONY: book book-student test test-portable test-browser lab solutions labs pretrain bench bench-table clean deploy
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,3 +71,13 @@ book-student: $(STAMP)
 	rm -rf _build/student
 	$(BIN)/jupyter-book build . --config _config_student.yml --toc _toc_student.yml --path-output _build/student --warningiserror --keep-going
 	@echo "Student book: $(CURDIR)/_build/student/_build/html/index.html"
+
+# Optional: llama-cpp-python for chapter 7 (compiles llama.cpp from source for this CPU, on every
+# core; the multimodal library is not built). Chapter 7's notebook works without it; with it, its
+# llama.cpp cells, tests/test_llama_cpp.py and the llama.cpp bench rows run too. On a CPU with AMX
+# (recent Xeons) ggml's AMX kernels stopped the process with an illegal instruction, so they are
+# left out there. --no-cache-dir: a wheel built with other flags is never reused.
+NO_AMX := $(if $(shell grep -qs amx_tile /proc/cpuinfo && echo yes),-DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+deploy: $(STAMP)
+	CMAKE_ARGS='-DLLAVA_BUILD=OFF $(NO_AMX) $(CMAKE_ARGS)' CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/pip install --no-cache-dir -r requirements-deploy.txt

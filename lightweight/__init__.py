@@ -12,6 +12,11 @@ Modules, one concern each:
 - ``prune``     pruning: magnitude, schedules, sparse storage, 2:4, structured, Wanda, SparseGPT
 - ``quantize``  quantization: RTN, INT4 packing, QuantizedLinear, W8A8, SmoothQuant, GPTQ, FP8, fbgemm
 - ``reference`` library references the course compares with (torch.ao dynamic INT8)
+- ``roofline``  measured bandwidth and matmul peak, bytes per token, tokens/s bounds of decoding
+- ``lowbit``    our INT8/INT4 weights run by aten's CPU low-bit kernels (``swap_`` for Llama models)
+- ``libref``    torchao's weight-only and dynamic INT8 configurations, with a conversion check
+- ``fast``      the fast paths of a Llama model, timed alike; llama.cpp runner (optional)
+- ``gguf_export`` GGUF files (Q8_0, Q4_0, F16, F32) from our own integers, read back with gguf
 - ``plots``     shared plot helpers
 - ``checks``    exercise checks with Vietnamese feedback (one module per chapter)
 - ``labs``      generates labs/ from solutions/

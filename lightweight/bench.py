@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 from .train import progress_bar
-CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine", "llm")
+CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine", "llm", "fast")
 MODELS = ("digits-cnn", "tinygpt", "minilm", "smollm2-135m")
 METRICS = ("accuracy", "val_loss", "cosine", "top10", "ppl", "bpb", "kl")
 FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "structured",
-            "svd", "asvd", "kd", "scratch", "combo", "int3", "text")
+            "svd", "asvd", "kd", "scratch", "combo", "int3", "text", "bf16", "fp16")
 SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch",
                 "train_size", "minutes",
-                "domain", "calibration", "blocks", "steps"}
+                "domain", "calibration", "blocks", "steps", "runtime", "bound_tokens_per_s", "same_runtime_speed_ratio"}
 NEEDS = ("none", "calibration", "training")  # what producing the compressed model takes besides the model
 
 # How the book's table (in Vietnamese) names chapters, models, metrics and needs.
@@ -139,7 +139,7 @@ def to_markdown(rows: list[dict], measured_on: str | None = None) -> str:
 def _registry() -> dict[str, Callable[[BenchContext], list[dict]]]:
     """The chapters' benchmarks. They register into the module ``lightweight.bench``, which is not
     this module object when it runs as ``python -m lightweight.bench`` (then it is ``__main__``)."""
-    from . import bench_baseline, bench_combine, bench_distillation, bench_llm, bench_lowrank, bench_pruning, bench_quantization  # noqa: F401  (each registers its chapter)
+    from . import bench_baseline, bench_combine, bench_distillation, bench_fast, bench_llm, bench_lowrank, bench_pruning, bench_quantization  # noqa: F401  (each registers its chapter)
     from .bench import REGISTRY as registry
 
     return registry

@@ -221,17 +221,17 @@ def llm_table(rows: list[dict], measured_on: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sync_results(rows: list[dict], measured_on: str, path: Path = RESULTS_PATH) -> None:
-    """Put ``rows`` in place of the chapter 6 rows of the course's results file (the one chapter 5's
+def sync_results(rows: list[dict], measured_on: str, path: Path = RESULTS_PATH, chapter: str = "llm") -> None:
+    """Put ``rows`` in place of the ``chapter`` rows of the course's results file (the one chapter 5's
     advisor reads) and rewrite its Markdown table, so both files always hold the same measurements."""
     if not path.exists():
         return
     data = json.loads(path.read_text(encoding="utf-8"))
-    data["rows"] = [r for r in data["rows"] if r["chapter"] != "llm"] + rows
+    data["rows"] = [r for r in data["rows"] if r["chapter"] != chapter] + rows
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(to_markdown(data["rows"], data["machine"]), encoding="utf-8")
     if measured_on != data["machine"]:
-        print(f"note: {path.name} was measured on {data['machine']}; its chapter 6 rows on {measured_on}")
+        print(f"note: {path.name} was measured on {data['machine']}; its {chapter} rows on {measured_on}")
 
 
 @register("llm")

@@ -162,7 +162,8 @@ class Evaluator:
         self.windows = {d: token_windows(tokenizer, domain_text(d, "heldout"), n_tokens, seq_len) for d in domains}
         self.kl_windows = kl_tokens // seq_len
         self.bytes = {d: _bytes(tokenizer, w) for d, w in self.windows.items()}
-        self.ref_logp = {d: log_probs(reference, w[: self.kl_windows]) for d, w in self.windows.items()}
+        self.ref_logp = {d: log_probs(reference, w[: self.kl_windows]) for d, w in self.windows.items()
+                         if self.kl_windows}
         self.reference = self.score(reference, with_kl=False)
 
     def score(self, model: nn.Module, with_kl: bool = True, progress: bool = True) -> dict[str, Score]:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -24,7 +25,7 @@ from lightweight import distill as D
 from lightweight import lowrank as L
 from lightweight import prune as P
 from lightweight import quantize as Q
-from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
+from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07
 from lightweight.advise import quality_drop
 from lightweight.grade import exercises_of
 
@@ -1403,6 +1404,119 @@ def influence_tensor(x, y):
 @mutant(ch06.block_influence, "gộp chúng lại như công thức")
 def influence_per_token(x, y):
     return 1 - F.cosine_similarity(x, y, dim=-1)
+
+
+# ----------------------------------------------------------------------------- chapter 7
+@mutant(ch07.int4_bytes, "còn mỗi nhóm một scale")
+def int4_bytes_without_scales(o, i, g):
+    return o * i // 2
+
+
+@mutant(ch07.int4_bytes, "4 byte, không phải 2")
+def int4_bytes_one_bf16_per_group(o, i, g):
+    return o * i // 2 + o * (i // g) * 2
+
+
+@mutant(ch07.int4_bytes, "không phải out·in.")
+def int4_bytes_one_byte_per_value(o, i, g):
+    return o * i + o * (i // g) * 4
+
+
+@mutant(ch07.int4_bytes, "dọc theo chiều vào")
+def int4_bytes_groups_along_out(o, i, g):
+    return o * i // 2 + (o // g) * i * 4
+
+
+@mutant(ch07.int4_bytes, "số nguyên Python (int)")
+def int4_bytes_as_float(o, i, g):
+    return o * i / 2 + o * i / g * 4
+
+
+@mutant(ch07.compute_bound_batch, "nghịch đảo")
+def batch_inverted(b, f, bw, peak):
+    return bw * f / (peak * b)
+
+
+@mutant(ch07.compute_bound_batch, "bị đổi chỗ")
+def batch_swapped_machine(b, f, bw, peak):
+    return b * bw / (peak * f)
+
+
+@mutant(ch07.compute_bound_batch, "cường độ số học")
+def batch_intensity_only(b, f, bw, peak):
+    return b / f
+
+
+@mutant(ch07.compute_bound_batch, "số thực Python (float)")
+def batch_as_tensor(b, f, bw, peak):
+    return torch.tensor(b * peak / (bw * f))
+
+
+def q4_0(q, d, pair=lambda u, j: u[j] | (u[j + 16] << 4), offset=8, scale=np.float16):
+    u = [(v + offset) & 0xF for v in q.tolist()]
+    return scale(d).tobytes() + bytes(pair(u, j) for j in range(16))
+
+
+@mutant(ch07.q4_0_block, "không ghép hai số kề nhau")
+def q4_0_adjacent_pairs(q, d):
+    return q4_0(q, d, pair=lambda u, j: u[2 * j] | (u[2 * j + 1] << 4))
+
+
+@mutant(ch07.q4_0_block, "hai nửa bị đảo")
+def q4_0_halves_swapped(q, d):
+    return q4_0(q, d, pair=lambda u, j: u[j + 16] | (u[j] << 4))
+
+
+@mutant(ch07.q4_0_block, "cộng 8 trước khi ghép")
+def q4_0_twos_complement(q, d):
+    return q4_0(q, d, offset=0)
+
+
+@mutant(ch07.q4_0_block, "không phải float32")
+def q4_0_float32_scale(q, d):
+    return q4_0(q, d, scale=np.float32)
+
+
+@mutant(ch07.q4_0_block, "tại chỗ (in-place)")
+def q4_0_adds_in_place(q, d):
+    q += 8
+    return np.float16(d).tobytes() + bytes(int(q[j]) | (int(q[j + 16]) << 4) for j in range(16))
+
+
+@mutant(ch07.int4_table, "dấu của zero bị ngược")
+def table_zero_sign(scale, zero):
+    return torch.stack([scale.t(), (zero * scale).t()], dim=-1)
+
+
+@mutant(ch07.int4_table, "chuyển vị scale và zero")
+def table_not_transposed(scale, zero):
+    return torch.stack([scale, -zero * scale], dim=-1)
+
+
+@mutant(ch07.int4_table, "nhân zero-point với scale")
+def table_zero_in_steps(scale, zero):
+    return torch.stack([scale.t(), -zero.t().float()], dim=-1)
+
+
+@mutant(ch07.int4_table, "tại chỗ (in-place)")
+def table_scales_zero_in_place(scale, zero):
+    zero.mul_(scale).neg_()
+    return torch.stack([scale.t(), zero.t()], dim=-1)
+
+
+@mutant(ch07.permute_qk, "phép ngược")
+def permute_inverse(w, n_head):
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+@mutant(ch07.permute_qk, "trong từng đầu")
+def permute_as_one_head(w, n_head):
+    return w.reshape(1, 2, w.shape[0] // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+@mutant(ch07.permute_qk, "thứ tự hàng chưa đúng")
+def permute_nothing(w, n_head):
+    return w.clone()
 
 
 # ----------------------------------------------------------------------------- the tests

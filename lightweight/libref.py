@@ -1,0 +1,69 @@
+"""torchao, the library reference for fast CPU quantization (``torch.ao``'s dynamic INT8, which
+torchao does not replace with a fast CPU kernel here, stays in :mod:`lightweight.reference`).
+
+- :func:`torchao_` applies ``int8-weight-only`` (``Int8WeightOnlyConfig``), ``int4-weight-only``
+  (``PrototypeInt4WeightOnlyConfig``: torchao 0.18's ``Int4WeightOnlyConfig`` needs a GPU
+  package on CPU) or ``int8-dynamic`` (``Int8DynamicActivationInt8WeightConfig``), and counts the
+  layers it really converted: torchao skips a layer whose size its group size does not divide
+  (SmolLM2's hidden size 576 with the default 128) with only a log message, so a partial
+  conversion is an error here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+TORCHAO_METHODS = ("int8-weight-only", "int4-weight-only", "int8-dynamic")
+
+
+def _require_torchao():
+    try:
+        import torchao  # noqa: F401
+    except ImportError as e:
+        raise ModuleNotFoundError("torchao is missing: install it with `pip install torchao==0.18.0` "
+                                  "(the README's `make test` does it)") from e
+
+
+def _config(method: str, group_size: int):
+    from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig)
+
+    if method == "int8-weight-only":
+        return Int8WeightOnlyConfig()
+    if method == "int8-dynamic":
+        return Int8DynamicActivationInt8WeightConfig()
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+    return PrototypeInt4WeightOnlyConfig(group_size=group_size)
+
+
+def _converted(layer: nn.Linear) -> bool:
+    return type(layer.weight) is not nn.Parameter or type(layer.weight.data) is not torch.Tensor
+
+
+def torchao_(model: nn.Module, method: str, group_size: int = 32, skip: Iterable[str] = ("lm_head",)) -> list[str]:
+    """Quantize the model's ``nn.Linear`` layers (except ``skip``) in place with torchao's ``method``
+    (see :data:`TORCHAO_METHODS`). Returns the converted names; ``ValueError`` if some were skipped.
+    Int4 takes BF16 models (``model.to(torch.bfloat16)`` first)."""
+    if method not in TORCHAO_METHODS:
+        raise ValueError(f"method must be one of {TORCHAO_METHODS}, got {method!r}")
+    _require_torchao()
+    from torchao.quantization import quantize_
+
+    skip = set(skip)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip]
+    if not names:
+        raise ValueError("the model has no nn.Linear layer to quantize")
+    if method == "int4-weight-only":
+        bad = [n for n in names if model.get_submodule(n).in_features % group_size]
+        if bad:
+            raise ValueError(f"group size {group_size} does not divide the input size of {len(bad)} layers "
+                             f"(e.g. {bad[0]}): torchao would leave them in floating point; use 32 or 64")
+    chosen = set(names)
+    quantize_(model, _config(method, group_size), filter_fn=lambda m, fqn: fqn in chosen)
+    left = [n for n in names if not _converted(model.get_submodule(n))]
+    if left:
+        raise ValueError(f"torchao left {len(left)} of {len(names)} layers unconverted (e.g. {left[0]})")
+    return names
