@@ -175,8 +175,9 @@ def swap_(model: nn.Module, bits: int = 4, group_size: int = 32, act_dtype: torc
     Integers come from ``qtensors[name]`` when given (GPTQ results, for instance), from an existing
     :class:`QuantizedLinear`, or else from round-to-nearest. ``lm_head=True`` unties and quantizes the
     output head too (the largest matrix) with ``bits``; ``lm_head=8`` or ``4`` gives it that many
-    bits instead (INT8 per channel, INT4 in groups); otherwise it stays as it is. Layers the kernel cannot run (an INT8
-    input size that is not a multiple of 16) stay float. Returns the names left float."""
+    bits instead (INT8 per channel, INT4 in groups); otherwise it stays as it is. Layers the kernel
+    cannot run (an INT8 input size that is not a multiple of 16) stay float. Returns the names left
+    float."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     if lm_head not in (False, True, 4, 8):

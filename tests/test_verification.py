@@ -54,3 +54,11 @@ def test_check_cells_are_compared_and_nothing_timed_is(path):
 def test_measured_claims_are_asserted(path):
     asserts = sum(len(re.findall(r"^\s*assert ", c.source, re.MULTILINE)) for c in code_cells(path))
     assert asserts >= 5, f"{path.name}: only {asserts} asserted claims"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_no_widget_state_is_saved(path):
+    # saved ipywidgets state makes the book's page load the widget manager from a CDN: offline,
+    # a reader's browser then logs errors and the page asks for hosts the book must never need
+    nb = nbformat.read(path, as_version=4)
+    assert "widgets" not in nb.metadata, f"{path.name}: remove metadata.widgets (run with TQDM_DISABLE=1, as make solutions does)"
