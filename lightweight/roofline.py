@@ -13,30 +13,16 @@ Measurements return medians of several timings (seconds vary run to run on a sha
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .measure import latency
 from .train import progress_bar
 
 
 # ----------------------------------------------------------------------------- measured on this machine
-def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def memory_bandwidth(mbytes: int = 256, repeats: int = 9) -> dict[str, float]:
     """Memory bandwidth in GB/s (10^9 bytes per second), medians of ``repeats`` timings on an FP32
     buffer of ``mbytes`` MiB (far larger than any cache):
@@ -49,8 +35,8 @@ def memory_bandwidth(mbytes: int = 256, repeats: int = 9) -> dict[str, float]:
     n = mbytes * 2**20 // 4
     src, dst = torch.ones(n), torch.empty(n)
     nbytes = n * 4
-    t_copy = _median_seconds(lambda: dst.copy_(src), repeats)
-    t_read = _median_seconds(lambda: src.sum(), repeats)
+    t_copy = latency(lambda: dst.copy_(src), repeats, warmup=1)
+    t_read = latency(lambda: src.sum(), repeats, warmup=1)
     return {"copy": 2 * nbytes / t_copy / 1e9, "read": nbytes / t_read / 1e9}
 
 
@@ -60,7 +46,7 @@ def matmul_peak(n: int = 1024, dtype: torch.dtype = torch.float32, repeats: int 
         raise ValueError(f"n must be an int >= 64, got {n!r}")
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-    return 2 * n**3 / _median_seconds(lambda: a @ b, repeats) / 1e9
+    return 2 * n**3 / latency(lambda: a @ b, repeats, warmup=1) / 1e9
 
 
 @dataclass(frozen=True)
