@@ -32,7 +32,8 @@ test: $(STAMP)
 # at a time. PORTABLE_NOTEBOOKS narrows it (CI runs the quantization chapters, see .ci/run).
 PORTABLE := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-PORTABLE_NOTEBOOKS ?= solutions
+# Chapter 7 is left out: with non-vectorised kernels its int4 timing cells run past nbval's 900 s limit.
+PORTABLE_NOTEBOOKS ?= $(filter-out solutions/07_fast.ipynb,$(sort $(wildcard solutions/*.ipynb)))
 test-portable: $(STAMP)
 	$(PORTABLE) TQDM_DISABLE=1 $(BIN)/python -m pytest $(PORTABLE_NOTEBOOKS) -n 2 --dist loadfile
 
