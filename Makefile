@@ -49,10 +49,10 @@ lab: $(STAMP)
 # what nbval checks), then regenerate labs/ from them.
 solutions: $(STAMP)
 	TQDM_DISABLE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace solutions/*.ipynb
-	$(BIN)/python -m lightweight.labs
+	$(BIN)/python -m lightweight.course.labs
 
 labs: $(STAMP)
-	$(BIN)/python -m lightweight.labs
+	$(BIN)/python -m lightweight.course.labs
 
 pretrain: $(STAMP)
 	$(BIN)/python -m lightweight.pretrain

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightweight import checks, fast
-from lightweight import lowbit as L
-from lightweight.checks import ch07
+from lightweight.course import checks
+from lightweight.llm import fast
+from lightweight.llm import lowbit as L
+from lightweight.course.checks import ch07
 
 
 def _tiny_llama():

@@ -10,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lightweight import checks, grade
-from lightweight.grade import (MIN_CELL_TIMEOUT, TIMEOUT_MARGIN, default_cell_timeout, exercises_of, grade_notebook,
+from lightweight.course import checks, grade
+from lightweight.course.grade import (MIN_CELL_TIMEOUT, TIMEOUT_MARGIN, default_cell_timeout, exercises_of, grade_notebook,
                                solution_for)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ FITS = "def fits(n_params, fmt, ram_gb):\n    return memory_gb(n_params, fmt) <=
 
 def lab(tmp_path: Path, name: str, cells: list) -> Path:
     """A chapter-0-like submission: each item is a source, or (exercise id, source) for a graded exercise cell."""
-    nb_cells = [nbformat.v4.new_code_cell("from lightweight.checks import ch00 as check")]
+    nb_cells = [nbformat.v4.new_code_cell("from lightweight.course.checks import ch00 as check")]
     for item in cells:
         if isinstance(item, tuple):
             cell = nbformat.v4.new_code_cell(item[1])
@@ -57,7 +57,7 @@ def test_a_cell_past_the_limit_keeps_the_points_earned_and_a_blank_lab_gets_zero
     nbformat.write(sol, hung)
     out = tmp_path / "ketqua.csv"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "lightweight.grade", str(hung), str(ROOT / "labs" / "00_measure.ipynb"),
+    proc = subprocess.run([sys.executable, "-m", "lightweight.course.grade", str(hung), str(ROOT / "labs" / "00_measure.ipynb"),
                            "--out", str(out), "--cell-timeout", "30"], capture_output=True, text=True, env=env, timeout=3600)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))

@@ -7,10 +7,10 @@ import torch
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from lightweight import fast  # noqa: E402
-from lightweight import gguf_export as G  # noqa: E402
-from lightweight.llm import load_smollm2, verify_gguf  # noqa: E402
-from lightweight.llm_eval import Evaluator  # noqa: E402
+from lightweight.llm import fast  # noqa: E402
+from lightweight.llm import gguf_export as G  # noqa: E402
+from lightweight.llm.model import load_smollm2, verify_gguf  # noqa: E402
+from lightweight.llm.evaluation import Evaluator  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightweight import llm, llm_eval
+from lightweight.llm import evaluation as llm_eval, model as llm
 from lightweight import prune as P
 from lightweight import quantize as Q
 from lightweight.distill import llm_student, train_causal_lm
@@ -284,7 +284,7 @@ def test_the_real_smollm2_loads_from_its_verified_cache():
 
 
 def test_int8_shared_embedding_of_the_combined_recipe(tokenizer):
-    from lightweight.bench_llm import quantize_embedding_
+    from lightweight.bench.llm import quantize_embedding_
 
     model = tiny_llama()
     q = quantize_embedding_(copy.deepcopy(model))

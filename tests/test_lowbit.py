@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightweight import lowbit as L
+from lightweight.llm import lowbit as L
 from lightweight import quantize as Q
 
 
