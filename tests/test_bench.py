@@ -39,7 +39,7 @@ def test_baseline_benchmark_command_writes_rows(tmp_path):
     cmd = [sys.executable, "-m", "lightweight.bench", "--only", "baseline", "--repeats", "2",
            "--json", str(js), "--markdown", str(md)]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    data = json.loads(js.read_text())
+    data = json.loads(js.read_text(encoding="utf-8"))
     rows = {(r["method"], r["model"], r["metric"], r["setting"].get("batch")): r for r in data["rows"]}
     assert rows[("fp32", "digits-cnn", "accuracy", None)]["value"] >= 97.0
     assert rows[("fp32", "tinygpt", "val_loss", None)]["value"] <= 1.75

@@ -86,7 +86,7 @@ def test_a_wrong_gguf_leaves_no_cache(monkeypatch, tmp_path):
 def test_cache_round_trip_gives_the_same_logits(tmp_path, tokenizer):
     model = tiny_llama()
     dest = llm.save_cache(model, tokenizer, tmp_path / "m", "abc")
-    info = json.loads((dest / llm.MANIFEST).read_text())
+    info = json.loads((dest / llm.MANIFEST).read_text(encoding="utf-8"))
     assert "model.safetensors" in info["files"] and info["source_sha256"] == "abc"
     again, tok = llm.load_cached(dest, "abc")
     x = ids(16)

@@ -26,7 +26,7 @@ def code_cells(path: Path) -> list:
 
 
 def test_nbval_runs_in_lax_mode():
-    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]["addopts"]
     assert "--nbval-lax" in addopts.split()
     assert "--nbval" not in addopts.split(), "plain --nbval would compare every output digit by digit"
 

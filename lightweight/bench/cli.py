@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ..console import safe_console
 from ..machine import describe
 from ..train import progress_bar
 from . import baseline, combine, distillation, fast, llm, lowrank, pruning, quantization
@@ -41,6 +42,7 @@ def run(chapters: list[str], ctx: BenchContext) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     parser = argparse.ArgumentParser(description="Run the course's benchmarks.")
     parser.add_argument("--only", nargs="+", choices=CHAPTERS, help="chapters to run (default: all)")
     parser.add_argument("--all", action="store_true", help="run every chapter")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     chapters = list(CHAPTERS) if args.all or not args.only else args.only
     rows = run(chapters, BenchContext(repeats=args.repeats))
     if args.json:
-        args.json.write_text(json.dumps({"machine": describe(), "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+        args.json.write_text(json.dumps({"machine": describe(), "rows": rows}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.markdown:
         args.markdown.write_text(to_markdown(rows), encoding="utf-8")
     print(to_markdown(rows))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..console import safe_console
 from ..libref import ao_linear_weight_bytes
 from ..llm import fast, gguf_export
 from ..llm import roofline as R
@@ -173,6 +174,7 @@ def _write(rows: list[dict], measured_on: str, path: Path = RESULT_PATH) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     parser = argparse.ArgumentParser(description="Benchmark of chapter 7 (SmolLM2-135M decoding, fast paths).")
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds (3 to 7)")
     parser.add_argument("--from-json", action="store_true", help="rewrite the tables from book/bench/fast.json, measuring nothing")

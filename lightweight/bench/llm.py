@@ -28,6 +28,7 @@ import torch.nn as nn
 from .. import lowrank as L
 from .. import prune as P
 from .. import quantize as Q
+from ..console import safe_console
 from ..distill import llm_student, train_causal_lm
 from ..llm.evaluation import DOMAINS, Evaluator, calibration_windows
 from ..llm.model import block_linears, calibration_run, compress_blockwise_, load_smollm2, stored_bytes
@@ -198,7 +199,7 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
         measured[method] = _rows(method, ev, model, stored_bytes(model, sparse=sparse) / base, minutes, needs, **setting)
         print(f"{method}: {[(r['setting']['domain'], r['value']) for r in measured[method] if r['metric'] == 'ppl']}", flush=True)
         if out is not None:
-            out.write_text(json.dumps({"machine": describe(), "rows": ordered()}, indent=1, ensure_ascii=False) + "\n")
+            out.write_text(json.dumps({"machine": describe(), "rows": ordered()}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         del model
     return ordered()
 
@@ -231,6 +232,7 @@ def llm_rows(ctx: BenchContext) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     parser = argparse.ArgumentParser(description="Benchmark of chapter 6 (SmolLM2-135M).")
     parser.add_argument("--json", type=Path, default=RESULT_PATH, help="rows written here after each configuration")
     parser.add_argument("--markdown", type=Path, default=RESULT_PATH.with_suffix(".md"), help="the rows as a Markdown table")
@@ -240,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         if args.only:
             parser.error("--from-json measures nothing: it cannot be combined with --only")
-        data = json.loads(args.json.read_text())
+        data = json.loads(args.json.read_text(encoding="utf-8"))
         args.markdown.write_text(llm_table(data["rows"], data["machine"]), encoding="utf-8")
         if args.json == RESULT_PATH:
             sync_results(data["rows"], data["machine"])
         return 0
-    keep = json.loads(args.json.read_text())["rows"] if args.only and args.json.exists() else []
+    keep = json.loads(args.json.read_text(encoding="utf-8"))["rows"] if args.only and args.json.exists() else []
     rows = llm_bench(args.json, set(args.only) if args.only else None, keep)
     args.markdown.write_text(llm_table(rows), encoding="utf-8")
     if args.json == RESULT_PATH:

@@ -3,26 +3,31 @@
     python -m lightweight.course.grade STUDENT.ipynb ... [--out results.csv] [--cell-timeout SECONDS]
 
 Each notebook runs in a fresh kernel, one cell after another (progress bars off). Every exercise
-check appends its result to a log file the moment it runs (``checks.LOG_ENV``), so a
-cell that later hangs, crashes or kills the kernel never erases what was already earned. A cell
-that runs past the limit is interrupted and the following cells still run. An exercise whose check
-recorded no result is reported with the cell that prevented it — its number, its first line and
-what happened (a SyntaxError and its line, an exception, a timeout, a dead kernel) — and only that
-exercise loses its points. Exercises and points come from the ``exercise`` metadata of the matching
-solution notebook, so a deleted cell cannot hide an exercise.
+check appends its result to a log file the moment it runs (``checks.LOG_ENV``), so a cell that
+later hangs, crashes or kills the kernel never erases what was already earned. A cell that runs
+past the limit is interrupted and the following cells still run; a kernel that the interrupt does
+not stop (a cell that ignores SIGINT; on Windows, ``time.sleep`` or any blocking call) is restarted
+and the cells that had succeeded run again first, so the later cells keep their points. An exercise
+whose check recorded no result is reported with the cell that prevented it — its number, its first
+line and what happened (a SyntaxError and its line, an exception, a timeout, a dead kernel) — and
+only that exercise loses its points. Exercises and points come from the ``exercise`` metadata of
+the matching solution notebook, so a deleted cell cannot hide an exercise.
 
 The default limit per cell depends on the notebook: ``TIMEOUT_MARGIN`` times the slowest cell of
 the matching solution (from the execution times saved in it), at least ``MIN_CELL_TIMEOUT``
-seconds; ``FALLBACK_CELL_TIMEOUT`` when the solution has no saved times. Writes a CSV (one row per
-student and exercise) and a JSON file next to it, and prints each student's total. The kernel's
-own console output is discarded, so the grader's console shows only the totals.
+seconds; ``FALLBACK_CELL_TIMEOUT`` when the solution has no saved times. Wildcards in the notebook
+names are expanded by the grader itself. Writes a CSV (one row per student and exercise, UTF-8
+with a BOM so that Excel shows Vietnamese) and a JSON file next to it, and prints each student's
+total. The kernel's own console output is discarded, so the grader's console shows only the totals.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import csv
+import glob
 import json
 import logging
 import math
@@ -35,6 +40,8 @@ from datetime import datetime
 from pathlib import Path
 
 import nbformat
+
+from ..console import safe_console
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_CELL_TIMEOUT = 600  # s
@@ -145,7 +152,10 @@ def _execute(nb: nbformat.NotebookNode, workdir: Path, cell_timeout: int, log_pa
                 except CellTimeoutError:
                     runs[index] = CellRun("timeout", f"chạy quá {cell_timeout} giây nên bị ngắt")
                     if not _recover(client, run_sync, CellTimeoutError, DeadKernelError, index):
-                        stopped = f"{cell_label(nb, index)} chạy quá {cell_timeout} giây và kernel không dừng được khi bị ngắt"
+                        ok = [i for i in sorted(runs) if runs[i].status == "ok"]
+                        if not _restart_and_replay(client, run_sync, nb, ok, CellTimeoutError, DeadKernelError):
+                            stopped = (f"{cell_label(nb, index)} chạy quá {cell_timeout} giây, kernel không dừng được "
+                                       "khi bị ngắt và không khởi động lại được")
                     continue
                 except DeadKernelError:
                     runs[index] = CellRun("dead", "kernel chết khi chạy ô này (hết bộ nhớ hoặc lỗi nghiêm trọng)")
@@ -190,6 +200,28 @@ def _recover(client, run_sync, timeout_error: type, dead_error: type, index: int
     except (timeout_error, dead_error):
         return False
     except Exception:  # the interrupt itself failed: treat the kernel as stuck
+        return False
+
+
+def _restart_and_replay(client, run_sync, nb: nbformat.NotebookNode, ok: list[int], timeout_error: type,
+                        dead_error: type) -> bool:
+    """A kernel that an interrupt did not stop (a cell that ignores SIGINT; on Windows, ``time.sleep``
+    or a blocking call): restart it and run again the cells that had succeeded, so that the cells after
+    the stuck one find the state they expect. True when the kernel is back."""
+    _drop_output_listener()
+    try:
+        run_sync(client.km.restart_kernel)(now=True)
+        run_sync(client.kc.wait_for_ready)(timeout=RECOVERY_TIMEOUT)
+        for index in ok:
+            saved = copy.deepcopy(nb.cells[index])  # the replay must not change what the first run recorded
+            try:
+                client.execute_cell(nb.cells[index], index, store_history=False)
+            finally:
+                nb.cells[index] = saved
+        return True
+    except (timeout_error, dead_error):
+        return False
+    except Exception:  # the restart itself failed
         return False
 
 
@@ -311,18 +343,36 @@ def grade_notebook(path: Path, solutions: Path = ROOT / "solutions", cell_timeou
     return grades
 
 
+def expand(patterns: list[Path]) -> list[Path]:
+    """The notebooks named, with wildcards expanded here (cmd and PowerShell pass ``bai_nop/*.ipynb``
+    through unexpanded). ``FileNotFoundError`` for a pattern that matches nothing."""
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else ([text] if pattern.exists() else [])
+        if not matches:
+            raise FileNotFoundError(f"no notebook matches {text}")
+        found += [Path(m) for m in matches]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     parser = argparse.ArgumentParser(description="Grade submitted lab notebooks.")
-    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("notebooks", nargs="+", type=Path, help="submitted notebooks; wildcards such as bai_nop/*.ipynb are expanded here")
     parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV path; JSON is written next to it")
     parser.add_argument("--solutions", type=Path, default=ROOT / "solutions")
     parser.add_argument("--cell-timeout", type=int, default=None,
                         help=f"seconds one cell may run (default: {TIMEOUT_MARGIN}× the slowest cell of the solution, "
                              f"at least {MIN_CELL_TIMEOUT})")
     args = parser.parse_args(argv)
-    grades = [g for path in args.notebooks for g in grade_notebook(path, args.solutions, args.cell_timeout)]
+    try:
+        notebooks = expand(args.notebooks)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    grades = [g for path in notebooks for g in grade_notebook(path, args.solutions, args.cell_timeout)]
     rows = [asdict(g) for g in grades]
-    with args.out.open("w", newline="", encoding="utf-8") as f:
+    with args.out.open("w", newline="", encoding="utf-8-sig") as f:  # with a BOM, Excel reads it as UTF-8
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..console import safe_console
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SOLUTION_TITLE, LAB_TITLE = "(lời giải)", "(bài thực hành)"
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +108,7 @@ def write_labs(solutions: Path = ROOT / "solutions", labs: Path = ROOT / "labs")
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     parser = argparse.ArgumentParser(description="Generate labs/ from solutions/.")
     parser.add_argument("--check", action="store_true", help="only report labs that are out of sync")
     args = parser.parse_args(argv)

@@ -132,7 +132,7 @@ def save_cache(model: nn.Module, tokenizer: object, dest: str | os.PathLike, sou
         files = {f.name: sha256_of(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         if "model.safetensors" not in files:
             raise RuntimeError(f"saving the model wrote no model.safetensors (files: {sorted(files)})")
-        (tmp / MANIFEST).write_text(json.dumps({"source_sha256": source_sha256, "files": files}, indent=1) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps({"source_sha256": source_sha256, "files": files}, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +148,7 @@ def verify_cache(folder: str | os.PathLike, source_sha256: str = GGUF_SHA256) ->
     if not manifest.is_file():
         raise ValueError(f"{folder} is not a complete model cache (no {MANIFEST}): {fix}")
     try:
-        info = json.loads(manifest.read_text())
+        info = json.loads(manifest.read_text(encoding="utf-8"))
         files, source = dict(info["files"]), info["source_sha256"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{manifest} is unreadable ({e}): {fix}") from None
