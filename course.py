@@ -117,7 +117,9 @@ def cmd_test_browser(args: argparse.Namespace) -> None:
 
 
 def build_book(py: Path, *extra: str) -> None:
-    run([py, "-m", "jupyter_book", "build", ".", "--warningiserror", "--keep-going", *extra])
+    # jupyter-book 1 has no `python -m` entry point: call its command-line function in .venv's python
+    run([py, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
+         "build", ".", "--warningiserror", "--keep-going", *extra])
 
 
 def cmd_book(args: argparse.Namespace) -> None:

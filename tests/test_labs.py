@@ -45,7 +45,7 @@ def test_make_lab_clears_outputs_and_keeps_metadata():
 
 
 def test_labs_are_in_sync_with_solutions():
-    assert out_of_sync() == [], "run `python -m lightweight.course.labs` (or `make labs`) and commit labs/"
+    assert out_of_sync() == [], "run `python -m lightweight.course.labs` (or `python course.py labs`) and commit labs/"
 
 
 def test_every_solution_has_exercises_and_labs_hide_them():

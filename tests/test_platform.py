@@ -170,3 +170,27 @@ def test_the_sanitizer_hides_each_platforms_paths(text, expected):
     for pattern, replace in sanitizers():
         text = pattern.sub(replace, text)
     assert text == expected
+
+
+def test_ci_runs_the_readme_commands_strictly_and_chapter_7_portably():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "python course.py test" in readme and "python course.py book" in readme
+    assert "PYTHONIOENCODING=cp1252 PYTHONUTF8=0 python3 course.py test\n" in ci
+    portable = next(line for line in ci.splitlines() if "course.py test-portable" in line)
+    assert "solutions/07_fast.ipynb" in portable
+    for word in portable.split()[3:]:
+        assert (ROOT / word).exists(), word
+    assert "python3 course.py book" in ci and "python3 course.py test-browser" in ci
+
+
+def test_colab_requirements_leave_colabs_own_stack_alone():
+    pins = lambda name: dict(line.split("==") for line in (ROOT / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
+                             if "==" in line and not line.startswith("#"))
+    colab_lines = [line.split("#")[0].strip() for line in
+                   (ROOT / "requirements-colab.txt").read_text(encoding="utf-8").splitlines()]
+    names = {re.split(r"[=<>]", line)[0].lower() for line in colab_lines if line}
+    assert not names & {"torch", "torchvision", "numpy", "ipykernel", "jupyterlab", "nbclient", "ipywidgets"}
+    main = pins("requirements.txt")
+    for name, version in pins("requirements-colab.txt").items():
+        assert main.get(name) == version, f"{name}: Colab pins {version}, requirements.txt {main.get(name)}"

@@ -61,4 +61,4 @@ def test_no_widget_state_is_saved(path):
     # saved ipywidgets state makes the book's page load the widget manager from a CDN: offline,
     # a reader's browser then logs errors and the page asks for hosts the book must never need
     nb = nbformat.read(path, as_version=4)
-    assert "widgets" not in nb.metadata, f"{path.name}: remove metadata.widgets (run with TQDM_DISABLE=1, as make solutions does)"
+    assert "widgets" not in nb.metadata, f"{path.name}: remove metadata.widgets (run with TQDM_DISABLE=1, as `python course.py solutions` does)"

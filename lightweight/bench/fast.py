@@ -104,9 +104,11 @@ def fast_rows(ctx: BenchContext) -> list[dict]:
 
 
 def _compiled_rows(paths, prompt, rounds, score, ref, sizes, read, machine) -> list[dict]:
-    compiled = {n: fast.static_generator(paths[n], prompt, NEW_TOKENS, compile=True) for n in ("fp32", "int4-ours-head8")}
-    for run in compiled.values():
-        run()  # compiles
+    compiled, failed = fast.compiled_generators({n: paths[n] for n in ("fp32", "int4-ours-head8")}, prompt, NEW_TOKENS,
+                                                progress=False)
+    if failed:  # both rows need both paths (same_runtime_speed_ratio)
+        print(f"torch.compile failed here, no compiled rows: {failed}")
+        return []
     runs = {"eager": fast.generator(paths["fp32"], prompt, NEW_TOKENS)} | compiled
     rates = fast.interleaved_rates(runs, NEW_TOKENS, rounds, progress=False)
     rows = []
@@ -129,16 +131,19 @@ def _llama_cpp_rows(model, evaluator, prompt, fp32, rounds, machine, fp32_bytes,
                  for fmt in ("f32", "f16", "q8_0", "q4_0")}
         files["q4_1"] = source
         ids = prompt[0].tolist()
+        runners = {fmt: fast.LlamaCpp(p) for fmt, p in files.items()}
         runs = {"pytorch": fast.generator(fp32, prompt, NEW_TOKENS, eos)}
-        runs |= {fmt: fast.LlamaCpp(p).generator(ids, NEW_TOKENS) for fmt, p in files.items()}
+        runs |= {fmt: cpp.generator(ids, NEW_TOKENS) for fmt, cpp in runners.items()}
         rates = fast.interleaved_rates(runs, NEW_TOKENS, rounds, progress=False)
+        for cpp in runners.values():  # the files stay memory-mapped until closed (Windows cannot delete them)
+            cpp.close()
         for fmt, path in files.items():
-            cpp = fast.LlamaCpp(path, logits_all=True)
             bits = {"f32": 32, "f16": 16, "q8_0": 8, "q4_0": 4, "q4_1": 4}[fmt]
             family = {"f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_0": "int4", "q4_1": "int4"}[fmt]
             bound = round(machine.bandwidth * 1e9 / path.stat().st_size, 1)  # the whole file is read per token
-            for domain, windows in evaluator.windows.items():
-                ppl = cpp.perplexity(windows)
+            with fast.LlamaCpp(path, logits_all=True) as cpp:
+                ppls = {domain: cpp.perplexity(windows) for domain, windows in evaluator.windows.items()}
+            for domain, ppl in ppls.items():
                 rows.append(row("fast", f"{family}-gguf-{fmt}-llama.cpp", "smollm2-135m", "ppl",
                                 evaluator.reference[domain].ppl, ppl, path.stat().st_size / fp32_bytes,
                                 rates[fmt] / rates["pytorch"], needs="calibration" if fmt == "q4_0" else "none", bits=bits,

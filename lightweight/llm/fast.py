@@ -107,6 +107,22 @@ def static_generator(model: nn.Module, prompt: torch.Tensor, new_tokens: int, co
     return run
 
 
+def compiled_generators(models: dict[str, nn.Module], prompt: torch.Tensor, new_tokens: int,
+                        progress: bool = True) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, str]]:
+    """:func:`static_generator` with ``compile=True`` for each model, compiled now (its first call).
+    ``torch.compile`` needs a C++ compiler and, on macOS, often lacks OpenMP: a model it cannot
+    compile here lands in the second dict, name -> the reason, instead of stopping the caller."""
+    compiled, failed = {}, {}
+    for name, model in progress_bar(list(models.items()), progress, desc="torch.compile"):
+        try:
+            run = static_generator(model, prompt, new_tokens, compile=True)
+            run()
+            compiled[name] = run
+        except Exception as e:  # noqa: BLE001 (Inductor raises many kinds of errors)
+            failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
+    return compiled, failed
+
+
 def interleaved_rates(runs: dict[str, Callable[[], None]], tokens_per_run: int, rounds: int = 5,
                       warmup: int = 1, progress: bool = True) -> dict[str, float]:
     """Median tokens per second of each callable (each makes ``tokens_per_run`` tokens), over
@@ -127,11 +143,11 @@ def interleaved_rates(runs: dict[str, Callable[[], None]], tokens_per_run: int, 
 
 # ----------------------------------------------------------------------------- llama.cpp (optional)
 def llama_cpp_available() -> bool:
-    """Whether ``llama-cpp-python`` is installed (``make deploy``; it compiles llama.cpp)."""
+    """Whether ``llama-cpp-python`` is installed (``python course.py deploy``; it compiles llama.cpp)."""
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-INSTALL_LLAMA_CPP = ("llama-cpp-python chưa được cài: chạy `make deploy` (biên dịch llama.cpp từ mã nguồn, "
+INSTALL_LLAMA_CPP = ("llama-cpp-python chưa được cài: chạy `python course.py deploy` (biên dịch llama.cpp từ mã nguồn, "
                      "khoảng 5–25 phút trên 2 lõi) rồi chạy lại ô này.")
 
 
@@ -145,6 +161,17 @@ class LlamaCpp:
 
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads or torch.get_num_threads(),
                          logits_all=logits_all, verbose=False)
+
+    def close(self) -> None:
+        """Free the model: llama.cpp keeps the GGUF file memory-mapped until then, and Windows cannot
+        delete a mapped file."""
+        self.llm.close()
+
+    def __enter__(self) -> LlamaCpp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def generator(self, prompt: list[int], new_tokens: int) -> Callable[[], None]:
         """A callable that greedily generates exactly ``new_tokens`` after ``prompt`` (token ids)."""

@@ -10,16 +10,21 @@ also a faster one.
 
 Both kernels are fast only with BF16 activations; with FP32 activations they fall back to scalar
 code (measure it: ``act_dtype=torch.float32``). :func:`swap_` puts them into a Llama model.
+:func:`probe_int4_kernel` measures whether the int4 kernel is vectorised on this machine.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..calibration import set_module
+from ..measure import speed_ratio
 from ..quantize import QTensor, QuantizedLinear, quantize_tensor, unpack_int4
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the aten int4 kernel accepts
@@ -140,11 +145,16 @@ class Int4WeightOnlyLinear(_LowBitLinear):
         self.group_size = qt.group_size
         self.register_buffer("weight_int4pack", pack_int4_for_cpu(qt))
         self.register_buffer("scales_and_zeros", int4_scales_and_zeros(qt, act_dtype))
+        # The integers once more, unpacked (int8, outside the state dict and the bytes a step reads):
+        # the packed layout is the kernel's own, and reading the weight back through a scalar kernel
+        # would take minutes.
+        self.int4_values = qt.q.to(torch.int8).contiguous()
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The FP32 weight ``(out, in)`` this layer computes with (from the kernel's own tables)."""
-        eye = torch.eye(self.in_features, dtype=self.act_dtype)
-        return self._kernel(eye).float().t().contiguous()
+        """The FP32 weight ``(out, in)`` this layer computes with: ``q · scale + zero`` with the
+        kernel's own (``act_dtype``-rounded) scale-and-zero table."""
+        table = self.scales_and_zeros.float().repeat_interleave(self.group_size, dim=0)  # (in, out, 2)
+        return self.int4_values.float() * table[..., 0].t() + table[..., 1].t()
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight_int4pack, self.group_size,
@@ -217,5 +227,74 @@ def lowbit_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (Int8WeightOnlyLinear, Int4WeightOnlyLinear))}
 
 
+def dense_copy(model: nn.Module) -> nn.Module:
+    """An FP32 copy of ``model`` whose low-bit layers are ``nn.Linear`` layers holding the weights they
+    compute with (an AWQ input scale folded in): the same integers, run by a dense matmul. Where the
+    low-bit kernels are scalar (:func:`probe_int4_kernel`), this scores a path's quality in seconds
+    instead of hours; it differs from the kernel only by the BF16 rounding of activations."""
+    dense = copy.deepcopy(model)
+    for name, layer in lowbit_layers(dense).items():
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        weight = layer.dequantized_weight()
+        if layer.input_scale is not None:
+            weight = weight / layer.input_scale.float()
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if layer.bias is not None:
+                linear.bias.copy_(layer.bias.float())
+        set_module(dense, name, linear)
+    return dense.float()
+
+
 __all__ = ["Int8WeightOnlyLinear", "Int4WeightOnlyLinear", "swap_", "untie_lm_head_", "qtensor_of",
-           "pack_int4_for_cpu", "int4_scales_and_zeros", "lowbit_layers"]
+           "pack_int4_for_cpu", "int4_scales_and_zeros", "lowbit_layers", "dense_copy", "KernelProbe",
+           "probe_int4_kernel"]
+
+
+# ----------------------------------------------------------------------------- is the kernel fast here?
+PROBE_SHAPE = (1536, 576)  # SmolLM2's gate/up projection (out, in)
+# Measured on one thread of an Intel Xeon: the vectorised int4 kernel 1.1x (AVX2) to 1.7x (AVX-512) the
+# speed of the BF16 matmul, the scalar fallback (ATEN_CPU_CAPABILITY=default) 0.13x. Half separates them.
+VECTORISED_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class KernelProbe:
+    """Median seconds of one batch-1 product with SmolLM2's gate/up shape on one thread: aten's int4
+    kernel (g32, BF16 activations) and a BF16 ``F.linear`` of the same weights, interleaved in one run."""
+
+    int4_s: float
+    bf16_s: float
+
+    @property
+    def ratio(self) -> float:
+        """BF16 time / int4 time: > 1 when the int4 kernel beats the BF16 matmul."""
+        return self.bf16_s / self.int4_s
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether the int4 kernel runs vectorised code here. It reads 4× fewer weight bytes than BF16,
+        so its vectorised paths (x86 AVX2/AVX-512 outside MSVC builds, NEON on ARM) are about as fast
+        or faster; its scalar fallback (Windows' MSVC builds, ``ATEN_CPU_CAPABILITY=default``) is
+        several times slower."""
+        return self.ratio >= VECTORISED_RATIO
+
+
+def probe_int4_kernel(repeats: int = 30, seed: int = 0) -> KernelProbe:
+    """Measure, not assume, whether aten's int4 kernel is fast on this machine (under a second). One
+    thread: the question is which code the kernel runs, not how well threads share a busy machine."""
+    out_features, in_features = PROBE_SHAPE
+    linear = nn.Linear(in_features, out_features, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed)))
+    int4 = Int4WeightOnlyLinear(linear, quantize_tensor(linear.weight, bits=4, group_size=32))
+    weight = linear.weight.detach().to(torch.bfloat16)
+    x = torch.randn(1, in_features, generator=torch.Generator().manual_seed(seed + 1)).to(torch.bfloat16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            times = speed_ratio(lambda: F.linear(x, weight), lambda: int4(x), repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return KernelProbe(int4_s=times["candidate_s"], bf16_s=times["baseline_s"])
