@@ -171,3 +171,16 @@ def test_the_kernel_probe_decides_by_the_measured_ratio():
     probe = L.probe_int4_kernel(repeats=3)
     assert probe.int4_s > 0 and probe.bf16_s > 0 and probe.ratio == probe.bf16_s / probe.int4_s
     assert torch.get_num_threads() == threads, "the probe runs on one thread and gives the others back"
+
+
+def test_aten_reads_a_non_contiguous_table_wrongly_so_the_module_keeps_it_contiguous():
+    lin = _linear(48, 192)
+    qt = Q.quantize_tensor(lin.weight, bits=4, group_size=32, symmetric=False)
+    table = L.int4_scales_and_zeros(qt)
+    view = table.transpose(0, 1).contiguous().transpose(0, 1)  # the same numbers, another memory layout
+    assert torch.equal(view, table) and table.is_contiguous() and not view.is_contiguous()
+    packed, x = L.pack_int4_for_cpu(qt), torch.randn(3, 192).bfloat16()
+    good = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, table)
+    bad = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, view)
+    assert _rel(bad, good) > 0.05, "aten no longer misreads a non-contiguous table: update chapter 7's trap"
+    assert L.Int4WeightOnlyLinear(lin, qt).scales_and_zeros.is_contiguous()

@@ -1504,6 +1504,11 @@ def table_scales_zero_in_place(scale, zero):
     return torch.stack([scale.t(), zero.t()], dim=-1)
 
 
+@mutant(ch07.int4_table, "không liền trong bộ nhớ")
+def table_transposed_view(scale, zero):  # the right numbers, as a view that aten reads as if contiguous
+    return torch.stack([scale, -zero * scale], dim=-1).transpose(0, 1)
+
+
 @mutant(ch07.permute_qk, "phép ngược")
 def permute_inverse(w, n_head):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

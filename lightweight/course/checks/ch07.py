@@ -109,6 +109,10 @@ def int4_table(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None
             raise CheckFailed("cột zero của aten tính bằng đơn vị của trọng số: zero = −z·s (nhân zero-point với scale).")
         expect(torch.allclose(got.float(), want, rtol=1e-6, atol=1e-8),
                f"bảng chưa đúng ({kind}): [..., 0] = scale chuyển vị, [..., 1] = −zero·scale chuyển vị.")
+        if not got.is_contiguous():
+            raise CheckFailed("giá trị đúng, nhưng bảng không liền trong bộ nhớ (non-contiguous: một view sau .transpose() "
+                              "hay .t()). Nhân int4 của aten đọc bảng như thể nó liền, và khi đó trả về kết quả sai mà "
+                              "không báo lỗi (đo được: sai tới 10 trên đầu ra cỡ 19). Thêm .contiguous().")
 
 
 @exercise("ch07.permute_qk", "Thứ tự hàng query/key của llama.cpp")
