@@ -1,27 +1,33 @@
-"""lightweight: the helper package of the course "Làm nhẹ mô hình AI".
+"""lightweight: the helper package of the course "Làm nhẹ mô hình AI", laid out as the course is.
 
-Modules, one concern each:
+The techniques (chapters 1–5), one module each:
 
-- ``data``      digits (scikit-learn) and Shakespeare characters, fixed splits, seeded batches
-- ``models``    DigitsCNN, DigitsMLP, TinyGPT
-- ``train``     training and evaluation loops, seeding
-- ``measure``   parameters, bytes, sparsity, latency and speed ratios, quality metrics
-- ``minilm``    the verified all-MiniLM-L6-v2 and its fidelity metrics
-- ``teachers``  the pretrained teachers shipped as safetensors (``pretrain`` remakes them)
-- ``calibration`` hooks that record what enters each Linear on calibration data
+- ``distill``   knowledge distillation: KD loss, students, distilling classifiers, LMs and MiniLM
 - ``prune``     pruning: magnitude, schedules, sparse storage, 2:4, structured, Wanda, SparseGPT
-- ``quantize``  quantization: RTN, INT4 packing, QuantizedLinear, W8A8, SmoothQuant, GPTQ, FP8, fbgemm
-- ``reference`` library references the course compares with (torch.ao dynamic INT8)
-- ``roofline``  measured bandwidth and matmul peak, bytes per token, tokens/s bounds of decoding
-- ``lowbit``    our INT8/INT4 weights run by aten's CPU low-bit kernels (``swap_`` for Llama models)
-- ``libref``    torchao's weight-only and dynamic INT8 configurations, with a conversion check
-- ``fast``      the fast paths of a Llama model, timed alike; llama.cpp runner (optional)
-- ``gguf_export`` GGUF files (Q8_0, Q4_0, F16, F32) from our own integers, read back with gguf
-- ``plots``     shared plot helpers
-- ``checks``    exercise checks with Vietnamese feedback (one module per chapter)
-- ``labs``      generates labs/ from solutions/
-- ``grade``     ``python -m lightweight.grade``: grades submitted labs
-- ``bench``     ``python -m lightweight.bench`` (rows registered by ``bench_<chapter>`` modules)
+- ``lowrank``   low-rank factorization: SVD, whitened (truncation-aware) SVD, rank allocation
+- ``quantize``  quantization: RTN, INT4 packing, QuantizedLinear, W8A8, SmoothQuant, GPTQ, AWQ, FP8
+- ``combine``   techniques in sequence, Pareto fronts; ``advise`` answers from the benchmark's rows
+
+Their shared tools:
+
+- ``data``        digits (scikit-learn), Shakespeare characters and lines, fixed splits, seeded batches
+- ``models``      DigitsCNN, DigitsMLP, TinyGPT
+- ``train``       training and evaluation loops, seeding, progress bars
+- ``measure``     parameters, bytes, sparsity, latency and speed ratios, quality metrics
+- ``calibration`` hooks that record what enters each Linear on calibration data
+- ``minilm``      the verified all-MiniLM-L6-v2 and its fidelity metrics
+- ``teachers``    the pretrained teachers shipped as safetensors (``pretrain`` remakes them)
+- ``libref``      the library references: torchao, and torch.ao's dynamic INT8
+- ``machine``     the one description of the machine (CPU, PyTorch ISA, quantized engine, threads)
+- ``plots``       shared plot helpers
+
+Three subpackages:
+
+- ``llm``     the real LLM (SmolLM2-135M, chapters 6–7): model and cache, evaluation, low-bit
+              modules, fast paths, GGUF export, roofline
+- ``bench``   ``python -m lightweight.bench``: the row format (``core``), the command (``cli``),
+              one module per chapter
+- ``course``  the course's tooling: exercise ``checks``, the ``labs`` generator, the ``grade``r
 """
 
 import logging

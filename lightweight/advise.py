@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .bench import METRICS, NEEDS
+from .bench.core import METRICS, NEEDS
 
 GOALS = ("size", "speed")
 

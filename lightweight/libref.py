@@ -1,20 +1,27 @@
-"""torchao, the library reference for fast CPU quantization (``torch.ao``'s dynamic INT8, which
-torchao does not replace with a fast CPU kernel here, stays in :mod:`lightweight.reference`).
+"""The library references the course's own implementations are compared with.
 
-- :func:`torchao_` applies ``int8-weight-only`` (``Int8WeightOnlyConfig``), ``int4-weight-only``
-  (``PrototypeInt4WeightOnlyConfig``: torchao 0.18's ``Int4WeightOnlyConfig`` needs a GPU
-  package on CPU) or ``int8-dynamic`` (``Int8DynamicActivationInt8WeightConfig``), and counts the
-  layers it really converted: torchao skips a layer whose size its group size does not divide
-  (SmolLM2's hidden size 576 with the default 128) with only a log message, so a partial
-  conversion is an error here.
+- torchao, the library for fast CPU quantization: :func:`torchao_` applies ``int8-weight-only``
+  (``Int8WeightOnlyConfig``), ``int4-weight-only`` (``PrototypeInt4WeightOnlyConfig``: torchao
+  0.18's ``Int4WeightOnlyConfig`` needs a GPU package on CPU) or ``int8-dynamic``
+  (``Int8DynamicActivationInt8WeightConfig``), and counts the layers it really converted: torchao
+  skips a layer whose size its group size does not divide (SmolLM2's hidden size 576 with the
+  default 128) with only a log message, so a partial conversion is an error here.
+- torch.ao's dynamic INT8 (:func:`ao_dynamic_int8`), kept where only it has a fast CPU kernel:
+  ``quantize_dynamic`` runs ``nn.Linear`` layers with fbgemm's (x86) or qnnpack's (ARM) INT8
+  kernels, weights quantized per output channel ahead of time, activations per tensor on the fly.
+  ``torch.ao.quantization`` is deprecated in favour of torchao but still ships with the pinned torch.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+
+from .measure import safetensors_bytes
 
 TORCHAO_METHODS = ("int8-weight-only", "int4-weight-only", "int8-dynamic")
 
@@ -67,3 +74,30 @@ def torchao_(model: nn.Module, method: str, group_size: int = 32, skip: Iterable
     if left:
         raise ValueError(f"torchao left {len(left)} of {len(names)} layers unconverted (e.g. {left[0]})")
     return names
+
+
+def ao_dynamic_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers run torch.ao's dynamic INT8 kernels."""
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise ValueError("the model has no nn.Linear layer to quantize")
+    with warnings.catch_warnings():  # torch.ao warns that it is deprecated, at every call
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def ao_linear_weight_bytes(model: nn.Module) -> tuple[int, int]:
+    """``(fp32_bytes, int8_bytes)`` on disk of the ``nn.Linear`` weights of ``model`` and of its
+    :func:`ao_dynamic_int8` copy (INT8 values plus one FP32 scale and one zero-point per output channel)."""
+    fp32 = {n: m.weight for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    int8 = {}
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    for n, m in ao_dynamic_int8(model).named_modules():
+        if isinstance(m, DynamicQuantizedLinear):
+            w = m.weight()
+            int8[f"{n}.int8"] = w.int_repr()
+            int8[f"{n}.scale"] = w.q_per_channel_scales().float()
+            int8[f"{n}.zero_point"] = w.q_per_channel_zero_points().to(torch.int8)
+    return safetensors_bytes(fp32), safetensors_bytes(int8)

@@ -1,4 +1,5 @@
-"""What machine a notebook's saved outputs (or a benchmark's rows) were measured on.
+"""What machine a notebook's saved outputs (or a benchmark's rows) were measured on: the one
+description used by every solution notebook's first cell and by the benchmark's machine line.
 
 Floating-point results differ in their last digits between CPUs, instruction sets, BLAS builds
 and thread counts, so every solution notebook prints this line near its top: a reader whose
@@ -6,8 +7,8 @@ machine differs knows why their own digits may differ (the notebooks assert thei
 margins, not digits).
 """
 
-import os
 import platform
+import subprocess
 
 import torch
 
@@ -22,16 +23,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     if platform.system() == "Darwin":
-        name = os.popen("sysctl -n machdep.cpu.brand_string 2>/dev/null").read().strip()
+        try:
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, encoding="utf-8", timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            name = ""
         if name:
             return name
     return platform.processor() or platform.machine()
 
 
+def quantized_engine() -> str:
+    """PyTorch's quantized engine for torch.ao's INT8 kernels: ``fbgemm`` or ``x86`` on x86 CPUs,
+    ``qnnpack`` on ARM (which ignores ``reduce_range``)."""
+    return torch.backends.quantized.engine
+
+
 def describe() -> str:
-    """One line: CPU model, the vector ISA PyTorch's kernels use, threads, OS, Python and torch."""
+    """One line: CPU model, the vector ISA PyTorch's kernels use, PyTorch's quantized engine,
+    threads, OS, Python and torch."""
     isa = torch.backends.cpu.get_cpu_capability()
-    return (f"{cpu_model()} ({platform.machine()}, PyTorch ISA {isa}), "
+    return (f"{cpu_model()} ({platform.machine()}, PyTorch ISA {isa}, quantized engine {quantized_engine()}), "
             f"{torch.get_num_threads()} threads, {platform.system()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
 

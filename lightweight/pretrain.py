@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .console import safe_console
 from .data import char_corpus, load_digits, shakespeare_lines
 from .measure import accuracy
 from .models import DigitsCNN, GPTConfig, TinyGPT
@@ -86,6 +87,7 @@ def write_teacher_text(n_chars: int = WRITTEN_CHARS, seed: int = 0) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> None:
+    safe_console()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(TEACHERS), default=sorted(TEACHERS))
     parser.add_argument("--steps", type=int, default=TINYGPT_STEPS, help="TinyGPT training steps")

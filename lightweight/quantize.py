@@ -484,9 +484,17 @@ def fp8_values(fmt: str = "e4m3") -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- fbgemm bridge
+def reduce_range() -> bool:
+    """Whether PyTorch's quantized engine needs 7-bit activations: fbgemm / x86 do (without VNNI,
+    AVX2's pair of instructions can overflow a 16-bit intermediate with 8 bits); qnnpack, the ARM
+    engine, ignores the option and uses 8 bits."""
+    return torch.backends.quantized.engine in ("fbgemm", "x86")
+
+
 class FbgemmInt8Linear(nn.Module):
-    """Our own per-channel symmetric INT8 weights run by fbgemm's dynamic quantized kernel
-    (``torch.ops.quantized.linear_dynamic``: activations are quantized on the fly). ``(..., in) -> (..., out)``."""
+    """Our own per-channel symmetric INT8 weights run by the quantized engine's dynamic kernel
+    (``torch.ops.quantized.linear_dynamic``: fbgemm on x86, qnnpack on ARM; activations are quantized
+    on the fly, with :func:`reduce_range` set for the engine). ``(..., in) -> (..., out)``."""
 
     def __init__(self, linear: nn.Linear, qtensor: QTensor | None = None):
         super().__init__()
@@ -503,7 +511,7 @@ class FbgemmInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        y = torch.ops.quantized.linear_dynamic(flat, self.packed, True)
+        y = torch.ops.quantized.linear_dynamic(flat, self.packed, reduce_range())
         return y.reshape(*x.shape[:-1], self.out_features)
 
 

@@ -85,7 +85,7 @@ class Chromium:
         self._profile = tempfile.mkdtemp(prefix="book-chromium-")
         self._proc = subprocess.Popen(
             [self.executable, *FLAGS, f"--user-data-dir={self._profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
         self._ws = websocket.create_connection(self._devtools_url(), timeout=self.timeout, suppress_origin=True)
         return self
 

@@ -3,16 +3,16 @@ import os
 
 import pytest
 
-from lightweight import bench
+from lightweight.bench import cli, core
 
 
 def test_row_validation():
-    r = bench.row("quantization", "int4-gptq-g128", "minilm", "cosine", 1.0, 0.98123, 0.16, 0.93,
+    r = core.row("quantization", "int4-gptq-g128", "minilm", "cosine", 1.0, 0.98123, 0.16, 0.93,
                   needs="calibration", bits=4, group_size=128)
     assert r == {"chapter": "quantization", "method": "int4-gptq-g128", "model": "minilm", "metric": "cosine",
                  "baseline": 1.0, "value": 0.9812, "size_ratio": 0.16, "speed_ratio": 0.93,
                  "needs": "calibration", "setting": {"bits": 4, "group_size": 128}}
-    assert bench.row("pruning", "structured-l1", "torchvision-resnet18", "accuracy", 1, 1, None, 2.0,
+    assert core.row("pruning", "structured-l1", "torchvision-resnet18", "accuracy", 1, 1, None, 2.0,
                      needs="training")["size_ratio"] is None
     for kwargs, match in [
         (dict(chapter="x"), "chapter"), (dict(method="foo-bar"), "family"), (dict(model="gpt5"), "model"),
@@ -23,12 +23,12 @@ def test_row_validation():
                     size_ratio=1.0, speed_ratio=1.0, needs="none")
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
-            bench.row(**args)
+            core.row(**args)
 
 
 def test_unknown_chapter_is_refused():
     with pytest.raises(ValueError, match="unknown chapter"):
-        bench.register("speed")
+        cli.run(["speed"], core.BenchContext())
 
 
 def test_baseline_benchmark_command_writes_rows(tmp_path):
@@ -39,7 +39,7 @@ def test_baseline_benchmark_command_writes_rows(tmp_path):
     cmd = [sys.executable, "-m", "lightweight.bench", "--only", "baseline", "--repeats", "2",
            "--json", str(js), "--markdown", str(md)]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    data = json.loads(js.read_text())
+    data = json.loads(js.read_text(encoding="utf-8"))
     rows = {(r["method"], r["model"], r["metric"], r["setting"].get("batch")): r for r in data["rows"]}
     assert rows[("fp32", "digits-cnn", "accuracy", None)]["value"] >= 97.0
     assert rows[("fp32", "tinygpt", "val_loss", None)]["value"] <= 1.75
@@ -52,15 +52,15 @@ def test_baseline_benchmark_command_writes_rows(tmp_path):
 
 
 def test_every_technique_chapter_registers_its_rows():
-    registry = bench._registry()
+    registry = cli.BENCHMARKS
     assert {"baseline", "distillation", "pruning", "lowrank", "quantization"} <= set(registry)
 
 
 def test_markdown_table_is_in_vietnamese():
-    rows = [bench.row("combine", "int4-gptq-g128", "tinygpt", "val_loss", 1.4982, 1.5075, 0.1389, 0.58,
+    rows = [core.row("combine", "int4-gptq-g128", "tinygpt", "val_loss", 1.4982, 1.5075, 0.1389, 0.58,
                       needs="calibration", bits=4, group_size=128, part="all"),
-            bench.row("pruning", "magnitude-oneshot", "minilm", "top10", 1.0, 0.493, 0.5312, None, needs="none")]
-    lines = bench.to_markdown(rows, "x86_64, 2 luồng, Linux").splitlines()
+            core.row("pruning", "magnitude-oneshot", "minilm", "top10", 1.0, 0.493, 0.5312, None, needs="none")]
+    lines = core.to_markdown(rows, "x86_64, 2 luồng, Linux").splitlines()
     assert lines[0] == "Đo trên máy: x86_64, 2 luồng, Linux"
     assert lines[2] == ("| chương | cấu hình | mô hình | thước đo | gốc | giá trị | tỉ lệ kích thước | tỉ lệ tốc độ "
                         "| cần | thiết lập |")
@@ -72,10 +72,10 @@ def test_markdown_table_is_in_vietnamese():
 
 
 def test_table_from_saved_rows_runs_nothing(tmp_path):
-    rows = [bench.row("baseline", "fp32", "digits-cnn", "accuracy", 98.3333, 98.3333, 1.0, 1.0, needs="none", part="all")]
+    rows = [core.row("baseline", "fp32", "digits-cnn", "accuracy", 98.3333, 98.3333, 1.0, 1.0, needs="none", part="all")]
     js, md = tmp_path / "rows.json", tmp_path / "rows.md"
     js.write_text(json.dumps({"machine": "a saved machine line", "rows": rows}), encoding="utf-8")
-    assert bench.main(["--from-json", str(js), "--markdown", str(md)]) == 0
-    assert md.read_text(encoding="utf-8") == bench.to_markdown(rows, "a saved machine line")
+    assert cli.main(["--from-json", str(js), "--markdown", str(md)]) == 0
+    assert md.read_text(encoding="utf-8") == core.to_markdown(rows, "a saved machine line")
     with pytest.raises(SystemExit):
-        bench.main(["--from-json", str(js), "--only", "baseline"])
+        cli.main(["--from-json", str(js), "--only", "baseline"])

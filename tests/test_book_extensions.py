@@ -43,7 +43,7 @@ def make_project(tmp_path: Path, chapter_rst: str) -> Path:
 def build(src: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(src),
                            str(src / "_build" / "html")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
 
 
 def test_notebook_figure_and_output_on_a_chapter_page(tmp_path):

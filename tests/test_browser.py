@@ -7,8 +7,8 @@ anchor, any request to another host, a page that scrolls sideways at 400 px, and
 equations that overflow without scrolling in their own box. Screenshots of the chapter pages at
 both widths go to ``_build/screenshots`` (ignored by git).
 
-Run it after building the book: ``make book test-browser`` (it needs ``BOOK_BROWSER_TEST=1``,
-which that target sets, so that the plain ``make test`` never depends on a built book).
+Run it after building the book: ``python course.py book`` then ``python course.py test-browser`` (it needs ``BOOK_BROWSER_TEST=1``,
+which that target sets, so that the plain ``python course.py test`` never depends on a built book).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SHOTS = ROOT / "_build" / "screenshots"
 WIDE, PHONE = 1400, 400
 
 if not os.environ.get("BOOK_BROWSER_TEST"):
-    pytest.skip("the browser test runs after the book is built: `make book test-browser` "
+    pytest.skip("the browser test runs after the book is built: `python course.py book`, then `python course.py test-browser` "
                 "(or BOOK_BROWSER_TEST=1 pytest tests/test_browser.py)", allow_module_level=True)
 if not find_chromium():
     pytest.skip("no Chromium: install Debian's package (apt-get install chromium) or set CHROMIUM", allow_module_level=True)
@@ -186,7 +186,7 @@ def report(site: dict, check) -> str:
 @pytest.fixture(scope="module")
 def book() -> dict:
     if not (HTML / "index.html").is_file():
-        pytest.skip(f"the book is not built ({HTML / 'index.html'} is missing): run `make book` first")
+        pytest.skip(f"the book is not built ({HTML / 'index.html'} is missing): run `python course.py book` first")
     SHOTS.mkdir(parents=True, exist_ok=True)
     for old in SHOTS.glob("*.png"):
         old.unlink()

@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightweight import checks
+from lightweight.course import checks
 from lightweight import combine as C
 from lightweight import distill as D
 from lightweight import lowrank as L
 from lightweight import prune as P
 from lightweight import quantize as Q
 from lightweight.advise import quality_drop
-from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
-from lightweight.grade import exercises_of
+from lightweight.course.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
+from lightweight.course.grade import exercises_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightweight import bench
+from lightweight.bench import core
 from lightweight import combine as C
 from lightweight import prune as P
 from lightweight import quantize as Q
@@ -106,7 +106,7 @@ def test_pareto_front():
 
 
 def _row(method, value, size, speed=None, needs="none", model="tinygpt", metric="val_loss", base=1.5):
-    return bench.row("combine", method, model, metric, base, value, size, speed, needs=needs)
+    return core.row("combine", method, model, metric, base, value, size, speed, needs=needs)
 
 
 def test_advise_filters_by_quality_needs_and_speed():
@@ -131,7 +131,7 @@ def test_advise_filters_by_quality_needs_and_speed():
 
 def test_advise_wants_every_text_domain_to_fit():
     def llm(method, shakespeare, sotu, size, needs="calibration"):
-        return [bench.row("llm", method, "smollm2-135m", "ppl", base, value, size, None, needs=needs, domain=d)
+        return [core.row("llm", method, "smollm2-135m", "ppl", base, value, size, None, needs=needs, domain=d)
                 for d, base, value in [("shakespeare", 80.0, shakespeare), ("sotu", 30.0, sotu)]]
 
     rows = llm("fp32-reference", 80.0, 30.0, 1.0, "none") + llm("int4-gptq-g64", 84.0, 36.0, 0.3) + \
@@ -142,14 +142,14 @@ def test_advise_wants_every_text_domain_to_fit():
 
 
 def test_shipped_results_cover_every_chapter_and_match_their_table():
-    measured_on, rows = bench.load_results()
+    measured_on, rows = core.load_results()
     data = {"machine": measured_on, "rows": rows}
     chapters = {r["chapter"] for r in data["rows"]}
-    assert chapters == set(bench.CHAPTERS)
+    assert chapters == set(core.CHAPTERS)
     for r in data["rows"]:
-        again = bench.row(r["chapter"], r["method"], r["model"], r["metric"], r["baseline"], r["value"],
+        again = core.row(r["chapter"], r["method"], r["model"], r["metric"], r["baseline"], r["value"],
                           r["size_ratio"], r["speed_ratio"], needs=r["needs"], **r["setting"])
         assert again == r
-    md = bench.RESULTS_PATH.with_suffix(".md").read_text(encoding="utf-8")
-    table = bench.to_markdown(data["rows"], data["machine"])
+    md = core.RESULTS_PATH.with_suffix(".md").read_text(encoding="utf-8")
+    table = core.to_markdown(data["rows"], data["machine"])
     assert md == table

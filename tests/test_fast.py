@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightweight import checks, fast
-from lightweight import lowbit as L
-from lightweight.checks import ch07
+from lightweight.course import checks
+from lightweight.llm import fast
+from lightweight.llm import lowbit as L
+from lightweight.course.checks import ch07
 
 
 def _tiny_llama():
@@ -47,7 +48,7 @@ def test_interleaved_rates_are_tokens_over_median_time(monkeypatch):
 def test_llama_cpp_message_when_missing():
     if fast.llama_cpp_available():
         pytest.skip("llama-cpp-python is installed here")
-    with pytest.raises(ModuleNotFoundError, match="make deploy"):
+    with pytest.raises(ModuleNotFoundError, match="course.py deploy"):
         fast.LlamaCpp("x.gguf")
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightweight import gguf_export as G
+from lightweight.llm import gguf_export as G
 from lightweight import quantize as Q
 
 gguf = pytest.importorskip("gguf")

@@ -10,9 +10,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lightweight import checks, grade
-from lightweight.grade import (MIN_CELL_TIMEOUT, TIMEOUT_MARGIN, default_cell_timeout, exercises_of, grade_notebook,
-                               solution_for)
+from lightweight.course import checks, grade
+from lightweight.course.grade import (MIN_CELL_TIMEOUT, TIMEOUT_MARGIN, default_cell_timeout, exercises_of, grade_notebook,
+                                      solution_for)
+from consoles import CHILD_ENCODING, as_shown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ FITS = "def fits(n_params, fmt, ram_gb):\n    return memory_gb(n_params, fmt) <=
 
 def lab(tmp_path: Path, name: str, cells: list) -> Path:
     """A chapter-0-like submission: each item is a source, or (exercise id, source) for a graded exercise cell."""
-    nb_cells = [nbformat.v4.new_code_cell("from lightweight.checks import ch00 as check")]
+    nb_cells = [nbformat.v4.new_code_cell("from lightweight.course.checks import ch00 as check")]
     for item in cells:
         if isinstance(item, tuple):
             cell = nbformat.v4.new_code_cell(item[1])
@@ -57,10 +58,12 @@ def test_a_cell_past_the_limit_keeps_the_points_earned_and_a_blank_lab_gets_zero
     nbformat.write(sol, hung)
     out = tmp_path / "ketqua.csv"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "lightweight.grade", str(hung), str(ROOT / "labs" / "00_measure.ipynb"),
-                           "--out", str(out), "--cell-timeout", "30"], capture_output=True, text=True, env=env, timeout=3600)
+    proc = subprocess.run([sys.executable, "-m", "lightweight.course.grade", str(hung), str(ROOT / "labs" / "00_measure.ipynb"),
+                           "--out", str(out), "--cell-timeout", "30"], capture_output=True, text=True, env=env, timeout=3600,
+                          encoding=CHILD_ENCODING, errors="replace")
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert out.read_bytes().startswith(b"\xef\xbb\xbf"), "the CSV starts with a UTF-8 BOM, so Excel reads it as UTF-8"
+    rows = list(csv.DictReader(out.open(encoding="utf-8-sig")))
     mine = [r for r in rows if r["student"] == "an_00_measure"]
     assert len(mine) == 4 and all(r["status"] == "pass" and float(r["points"]) == 1.0 for r in mine), mine
     blank = [r for r in rows if r["student"] == "00_measure"]
@@ -69,7 +72,29 @@ def test_a_cell_past_the_limit_keeps_the_points_earned_and_a_blank_lab_gets_zero
         {**r, "points": float(r["points"]), "max_points": float(r["max_points"])} for r in rows]
     console = proc.stdout + proc.stderr
     assert not any(word in console for word in ("Traceback", "Task exception", "ZMQ", "Error")), console
-    assert proc.stdout.splitlines() == ["an_00_measure: 4 / 4 điểm", "00_measure: 0 / 4 điểm"], console
+    assert proc.stdout.splitlines() == [as_shown("an_00_measure: 4 / 4 điểm"), as_shown("00_measure: 0 / 4 điểm")], console
+
+
+def test_a_cell_that_ignores_the_interrupt_keeps_the_later_points(tmp_path, monkeypatch):
+    """A cell that an interrupt cannot stop (here it ignores SIGINT; on Windows an interrupt does not wake
+    ``time.sleep``): the kernel is restarted, the cells that had succeeded run again, and the exercises after
+    the stuck cell keep their points."""
+    monkeypatch.setattr(grade, "RECOVERY_TIMEOUT", 10)
+    stuck = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.1)"
+    path = lab(tmp_path, "lan", [("ch00.memory_gb", MEMORY), "check.memory_gb(memory_gb)", "USABLE = 0.7", stuck,
+                                 ("ch00.fits", FITS), "check.fits(fits)"])
+    grades = by_exercise(grade_notebook(path, cell_timeout=10))
+    assert grades["ch00.memory_gb"].status == "pass" and grades["ch00.memory_gb"].points == 1
+    assert grades["ch00.fits"].status == "pass" and grades["ch00.fits"].points == 1, grades["ch00.fits"].message
+
+
+def test_the_grader_expands_its_own_wildcards(tmp_path):
+    for name in ("b_00_measure.ipynb", "a_00_measure.ipynb", "notes.txt"):
+        (tmp_path / name).write_text("{}", encoding="utf-8")
+    assert grade.expand([tmp_path / "*.ipynb"]) == [tmp_path / "a_00_measure.ipynb", tmp_path / "b_00_measure.ipynb"]
+    assert grade.expand([tmp_path / "notes.txt"]) == [tmp_path / "notes.txt"]
+    with pytest.raises(FileNotFoundError, match="no notebook matches"):
+        grade.expand([tmp_path / "missing" / "*.ipynb"])
 
 
 def test_a_hung_cell_is_reported_only_for_the_exercise_it_prevented(tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lightweight.labs import BEGIN, END, make_lab, out_of_sync, strip_solution
+from lightweight.course.labs import BEGIN, END, make_lab, out_of_sync, strip_solution
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def test_make_lab_clears_outputs_and_keeps_metadata():
 
 
 def test_labs_are_in_sync_with_solutions():
-    assert out_of_sync() == [], "run `python -m lightweight.labs` (or `make labs`) and commit labs/"
+    assert out_of_sync() == [], "run `python -m lightweight.course.labs` (or `python course.py labs`) and commit labs/"
 
 
 def test_every_solution_has_exercises_and_labs_hide_them():

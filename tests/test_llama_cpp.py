@@ -1,4 +1,4 @@
-"""Our GGUF files run by llama.cpp (needs ``make deploy``; skipped without llama-cpp-python): the F32
+"""Our GGUF files run by llama.cpp (needs ``python course.py deploy``; skipped without llama-cpp-python): the F32
 file computes what PyTorch computes, and our Q8_0 / Q4_0 integers keep the model."""
 
 import pytest
@@ -7,10 +7,10 @@ import torch
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from lightweight import fast  # noqa: E402
-from lightweight import gguf_export as G  # noqa: E402
-from lightweight.llm import load_smollm2, verify_gguf  # noqa: E402
-from lightweight.llm_eval import Evaluator  # noqa: E402
+from lightweight.llm import fast  # noqa: E402
+from lightweight.llm import gguf_export as G  # noqa: E402
+from lightweight.llm.model import load_smollm2, verify_gguf  # noqa: E402
+from lightweight.llm.evaluation import Evaluator  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,10 @@ def test_our_gguf_files_through_llama_cpp_match_pytorch(smollm2, tmp_path):
     windows = evaluator.windows["shakespeare"]
     ref = evaluator.reference["shakespeare"].ppl
     files = {fmt: G.export_gguf(model, tmp_path / f"{fmt}.gguf", fmt, source=verify_gguf()) for fmt in ("f32", "q8_0", "q4_0")}
-    ppl = {fmt: fast.LlamaCpp(p, logits_all=True).perplexity(windows) for fmt, p in files.items()}
+    ppl = {}
+    for fmt, p in files.items():
+        with fast.LlamaCpp(p, logits_all=True) as cpp:
+            ppl[fmt] = cpp.perplexity(windows)
     # same weights in F32: the same model up to float summation order (a wrong q/k permutation or
     # tokenizer would cost far more than 1%)
     assert abs(ppl["f32"] / ref - 1) < 0.01, (ppl, ref)
@@ -32,10 +35,10 @@ def test_our_gguf_files_through_llama_cpp_match_pytorch(smollm2, tmp_path):
     assert ref < ppl["q4_0"] < ref * 1.6, (ppl, ref)  # round-to-nearest INT4 symmetric g32 (chapter 6: +30-50%)
     prompt = tokenizer("Once upon a time, in a small village by the sea,", return_tensors="pt").input_ids
     ours = fast.static_generator(model, prompt, 8)()[0].tolist()
-    cpp = fast.LlamaCpp(files["f32"])
     got = []
-    for token in cpp.llm.generate(prompt[0].tolist(), top_k=1, temp=0.0, reset=True):
-        got.append(token)
-        if len(got) == 8:
-            break
+    with fast.LlamaCpp(files["f32"]) as cpp:
+        for token in cpp.llm.generate(prompt[0].tolist(), top_k=1, temp=0.0, reset=True):
+            got.append(token)
+            if len(got) == 8:
+                break
     assert got[:4] == ours[:4], (got, ours)  # greedy tokens of the same F32 weights

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightweight import llm, llm_eval
+from lightweight.llm import evaluation as llm_eval, model as llm
 from lightweight import prune as P
 from lightweight import quantize as Q
 from lightweight.distill import llm_student, train_causal_lm
@@ -86,7 +86,7 @@ def test_a_wrong_gguf_leaves_no_cache(monkeypatch, tmp_path):
 def test_cache_round_trip_gives_the_same_logits(tmp_path, tokenizer):
     model = tiny_llama()
     dest = llm.save_cache(model, tokenizer, tmp_path / "m", "abc")
-    info = json.loads((dest / llm.MANIFEST).read_text())
+    info = json.loads((dest / llm.MANIFEST).read_text(encoding="utf-8"))
     assert "model.safetensors" in info["files"] and info["source_sha256"] == "abc"
     again, tok = llm.load_cached(dest, "abc")
     x = ids(16)
@@ -284,7 +284,7 @@ def test_the_real_smollm2_loads_from_its_verified_cache():
 
 
 def test_int8_shared_embedding_of_the_combined_recipe(tokenizer):
-    from lightweight.bench_llm import quantize_embedding_
+    from lightweight.bench.llm import quantize_embedding_
 
     model = tiny_llama()
     q = quantize_embedding_(copy.deepcopy(model))

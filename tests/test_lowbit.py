@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightweight import lowbit as L
+from lightweight.llm import lowbit as L
 from lightweight import quantize as Q
 
 
@@ -51,7 +51,9 @@ def test_int4_packing_and_numerics(group_size, symmetric):
     layer = L.Int4WeightOnlyLinear(lin, qt)
     assert layer.weight_int4pack.dtype == torch.uint8 and layer.weight_int4pack.shape == (48, 96)
     assert layer.scales_and_zeros.shape == (192 // group_size, 48, 2)
-    # the kernel's own weight (read back through an identity input) is our dequantized weight
+    # the weight the kernel computes with (read back through an identity input) is dequantized_weight()
+    eye = torch.eye(192, dtype=torch.bfloat16)
+    assert _rel(layer.dequantized_weight(), layer._kernel(eye).float().t()) < 0.005
     assert _rel(layer.dequantized_weight(), qt.dequantize()) < 0.01
     x = torch.randn(7, 192)
     ref = nn.functional.linear(x, qt.dequantize(), lin.bias)
@@ -137,3 +139,48 @@ def test_swap_leaves_float_what_int8_cannot_run_and_checks_names():
         L.swap_(nn.Sequential(nn.Linear(32, 32)), bits=4, qtensors={"x": None})
     with pytest.raises(ValueError, match="bits"):
         L.swap_(nn.Sequential(nn.Linear(32, 32)), bits=3)
+
+
+def test_dense_copy_computes_what_the_kernels_compute():
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    L.swap_(model, bits=4, group_size=32)
+    four = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    L.swap_(four, bits=8)
+    x = torch.randn(5, 64)
+    for low in (model, four):
+        dense = L.dense_copy(low)
+        assert not L.lowbit_layers(dense) and L.lowbit_layers(low), "a copy: the low-bit model is untouched"
+        assert all(isinstance(m, nn.Linear) and m.weight.dtype == torch.float32 for m in (dense[0], dense[2]))
+        assert _rel(dense(x), low(x)) < 0.01  # only the BF16 rounding of activations differs
+
+
+def test_dense_copy_folds_an_input_scale():
+    lin = _linear(32, 64)
+    s = torch.rand(64) + 0.5
+    layer = L.Int4WeightOnlyLinear(lin, Q.quantize_tensor(lin.weight, bits=4, group_size=32), act_dtype=torch.float32)
+    layer.input_scale = s
+    x = torch.randn(3, 64)
+    assert _rel(L.dense_copy(nn.Sequential(layer))(x), layer(x)) < 1e-4
+
+
+def test_the_kernel_probe_decides_by_the_measured_ratio():
+    assert L.KernelProbe(int4_s=1.0, bf16_s=1.7).vectorised  # AVX-512 here, one thread
+    assert L.KernelProbe(int4_s=1.0, bf16_s=1.15).vectorised  # AVX2
+    assert not L.KernelProbe(int4_s=8.0, bf16_s=1.0).vectorised  # the scalar fallback
+    threads = torch.get_num_threads()
+    probe = L.probe_int4_kernel(repeats=3)
+    assert probe.int4_s > 0 and probe.bf16_s > 0 and probe.ratio == probe.bf16_s / probe.int4_s
+    assert torch.get_num_threads() == threads, "the probe runs on one thread and gives the others back"
+
+
+def test_aten_reads_a_non_contiguous_table_wrongly_so_the_module_keeps_it_contiguous():
+    lin = _linear(48, 192)
+    qt = Q.quantize_tensor(lin.weight, bits=4, group_size=32, symmetric=False)
+    table = L.int4_scales_and_zeros(qt)
+    view = table.transpose(0, 1).contiguous().transpose(0, 1)  # the same numbers, another memory layout
+    assert torch.equal(view, table) and table.is_contiguous() and not view.is_contiguous()
+    packed, x = L.pack_int4_for_cpu(qt), torch.randn(3, 192).bfloat16()
+    good = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, table)
+    bad = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, view)
+    assert _rel(bad, good) > 0.05, "aten no longer misreads a non-contiguous table: update chapter 7's trap"
+    assert L.Int4WeightOnlyLinear(lin, qt).scales_and_zeros.is_contiguous()

@@ -19,15 +19,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightweight import checks
+from lightweight.course import checks
 from lightweight import combine as C
 from lightweight import distill as D
 from lightweight import lowrank as L
 from lightweight import prune as P
 from lightweight import quantize as Q
-from lightweight.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07
+from lightweight.course.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07
 from lightweight.advise import quality_drop
-from lightweight.grade import exercises_of
+from lightweight.course.grade import exercises_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS: list = []
@@ -1502,6 +1502,11 @@ def table_zero_in_steps(scale, zero):
 def table_scales_zero_in_place(scale, zero):
     zero.mul_(scale).neg_()
     return torch.stack([scale.t(), zero.t()], dim=-1)
+
+
+@mutant(ch07.int4_table, "không liền trong bộ nhớ")
+def table_transposed_view(scale, zero):  # the right numbers, as a view that aten reads as if contiguous
+    return torch.stack([scale, -zero * scale], dim=-1).transpose(0, 1)
 
 
 @mutant(ch07.permute_qk, "phép ngược")

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightweight import roofline as R
+from lightweight.llm import roofline as R
 
 
 def test_matrix_bytes_of_each_layout():

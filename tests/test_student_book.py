@@ -37,7 +37,7 @@ def test_student_book_builds_without_warnings_and_without_solutions(tmp_path):
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(ROOT), "--config", str(ROOT / "_config_student.yml"),
            "--toc", str(ROOT / "_toc_student.yml"), "--path-output", str(out), "--warningiserror", "--keep-going"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     site = out / "_build" / "html"
     pages = {p: html.unescape(p.read_text(encoding="utf-8")) for p in site.rglob("*.html")}

@@ -26,7 +26,7 @@ def code_cells(path: Path) -> list:
 
 
 def test_nbval_runs_in_lax_mode():
-    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]["addopts"]
     assert "--nbval-lax" in addopts.split()
     assert "--nbval" not in addopts.split(), "plain --nbval would compare every output digit by digit"
 
@@ -61,4 +61,4 @@ def test_no_widget_state_is_saved(path):
     # saved ipywidgets state makes the book's page load the widget manager from a CDN: offline,
     # a reader's browser then logs errors and the page asks for hosts the book must never need
     nb = nbformat.read(path, as_version=4)
-    assert "widgets" not in nb.metadata, f"{path.name}: remove metadata.widgets (run with TQDM_DISABLE=1, as make solutions does)"
+    assert "widgets" not in nb.metadata, f"{path.name}: remove metadata.widgets (run with TQDM_DISABLE=1, as `python course.py solutions` does)"

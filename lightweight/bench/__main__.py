@@ -1,0 +1,7 @@
+"""``python -m lightweight.bench``: see :mod:`lightweight.bench.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
