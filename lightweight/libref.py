@@ -76,28 +76,48 @@ def torchao_(model: nn.Module, method: str, group_size: int = 32, skip: Iterable
     return names
 
 
-def ao_dynamic_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose ``nn.Linear`` layers run torch.ao's dynamic INT8 kernels."""
+def ao_dynamic_int8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers, except those named in ``skip``, run torch.ao's
+    dynamic INT8 kernels (per-channel INT8 weights; activations quantized on the fly with one scale
+    per tensor, in 7 bits on x86)."""
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise ValueError("the model has no nn.Linear layer to quantize")
+    skip = set(skip)
+    names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if skip - names:
+        raise ValueError(f"no nn.Linear named {sorted(skip - names)} in the model")
     with warnings.catch_warnings():  # torch.ao warns that it is deprecated, at every call
         warnings.simplefilter("ignore")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        spec = {n: per_channel_dynamic_qconfig for n in sorted(names - skip)}
+        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+
+
+def is_ao_int8_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is one of torch.ao's dynamic INT8 ``Linear`` layers (what :func:`ao_dynamic_int8` makes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return isinstance(module, DynamicQuantizedLinear)
+
+
+def ao_int8_weight(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """What a torch.ao dynamic INT8 ``Linear`` stores for its weight, counted alike by the stored size
+    (:func:`ao_linear_weight_bytes`) and by the bytes read per token (``roofline.read_bytes_per_token``):
+    INT8 values, one FP32 scale and one INT8 zero-point per output channel."""
+    if not is_ao_int8_linear(layer):
+        raise TypeError(f"expected a torch.ao dynamic INT8 Linear, got {type(layer).__name__}")
+    w = layer.weight()
+    return {"int8": w.int_repr(), "scale": w.q_per_channel_scales().float(),
+            "zero_point": w.q_per_channel_zero_points().to(torch.int8)}
 
 
 def ao_linear_weight_bytes(model: nn.Module) -> tuple[int, int]:
     """``(fp32_bytes, int8_bytes)`` on disk of the ``nn.Linear`` weights of ``model`` and of its
-    :func:`ao_dynamic_int8` copy (INT8 values plus one FP32 scale and one zero-point per output channel)."""
+    :func:`ao_dynamic_int8` copy (:func:`ao_int8_weight` of every converted layer, the output head included)."""
     fp32 = {n: m.weight for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    int8 = {}
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
-    for n, m in ao_dynamic_int8(model).named_modules():
-        if isinstance(m, DynamicQuantizedLinear):
-            w = m.weight()
-            int8[f"{n}.int8"] = w.int_repr()
-            int8[f"{n}.scale"] = w.q_per_channel_scales().float()
-            int8[f"{n}.zero_point"] = w.q_per_channel_zero_points().to(torch.int8)
+    int8 = {f"{n}.{k}": t for n, m in ao_dynamic_int8(model).named_modules() if is_ao_int8_linear(m)
+            for k, t in ao_int8_weight(m).items()}
     return safetensors_bytes(fp32), safetensors_bytes(int8)

@@ -494,10 +494,12 @@ def reduce_range() -> bool:
 class FbgemmInt8Linear(nn.Module):
     """Our own per-channel symmetric INT8 weights run by the quantized engine's dynamic kernel
     (``torch.ops.quantized.linear_dynamic``: fbgemm on x86, qnnpack on ARM; activations are quantized
-    on the fly, with :func:`reduce_range` set for the engine). ``(..., in) -> (..., out)``."""
+    on the fly, with :func:`reduce_range` set for the engine unless ``seven_bit`` says otherwise).
+    ``(..., in) -> (..., out)``."""
 
-    def __init__(self, linear: nn.Linear, qtensor: QTensor | None = None):
+    def __init__(self, linear: nn.Linear, qtensor: QTensor | None = None, seven_bit: bool | None = None):
         super().__init__()
+        self.seven_bit = reduce_range() if seven_bit is None else seven_bit
         qt = qtensor or quantize_tensor(linear.weight, bits=8)
         if qt.bits != 8 or qt.group_size != linear.in_features or not bool((qt.zero == 0).all()):
             raise ValueError("fbgemm needs symmetric per-channel INT8 weights (no groups)")
@@ -511,10 +513,42 @@ class FbgemmInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        y = torch.ops.quantized.linear_dynamic(flat, self.packed, reduce_range())
+        y = torch.ops.quantized.linear_dynamic(flat, self.packed, self.seven_bit)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def fbgemm_int8_(model: nn.Module, skip: Iterable[str] = ()) -> nn.Module:
+def fbgemm_int8_(model: nn.Module, skip: Iterable[str] = (), seven_bit: bool | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` with a :class:`FbgemmInt8Linear` built from our own quantization, in place."""
-    return replace_linears(model, lambda n, lin: FbgemmInt8Linear(lin), skip)
+    return replace_linears(model, lambda n, lin: FbgemmInt8Linear(lin, seven_bit=seven_bit), skip)
+
+
+def fake_quantize_activations(x: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """Dynamic asymmetric 8-bit quantization of activations ``(..., in)`` and back, as the dynamic
+    kernels do: the range ``[min(x, 0), max(x, 0)]`` of the whole tensor (``per_token=False``) or of
+    each token's row (``per_token=True``) mapped to the 256 levels of ``uint8`` with a zero-point."""
+    _check_float(x, "x")
+    dims = (-1,) if per_token else tuple(range(x.dim()))
+    lo, hi = x.amin(dim=dims, keepdim=True).clamp_max(0), x.amax(dim=dims, keepdim=True).clamp_min(0)
+    scale = ((hi - lo) / 255).clamp_min(1e-12)
+    zero = torch.round(-lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+class DynamicInt8Linear(nn.Module):
+    """Per-channel symmetric INT8 weights with dynamically quantized 8-bit activations, simulated in
+    floating point (:func:`fake_quantize_activations`): the per-tensor scale of torch.ao's dynamic
+    kernel without its 7-bit range, or one scale per token. ``(..., in) -> (..., out)``."""
+
+    def __init__(self, linear: nn.Linear, per_token: bool):
+        super().__init__()
+        self.weight = nn.Parameter(quantize_tensor(linear.weight.detach(), bits=8).dequantize(), requires_grad=False)
+        self.bias = linear.bias
+        self.per_token = per_token
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(fake_quantize_activations(x, self.per_token), self.weight, self.bias)
+
+
+def dynamic_int8_(model: nn.Module, per_token: bool, skip: Iterable[str] = ()) -> nn.Module:
+    """Replace every ``nn.Linear`` with a :class:`DynamicInt8Linear`, in place."""
+    return replace_linears(model, lambda n, lin: DynamicInt8Linear(lin, per_token), skip)

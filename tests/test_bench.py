@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -79,3 +80,47 @@ def test_table_from_saved_rows_runs_nothing(tmp_path):
     assert md.read_text(encoding="utf-8") == core.to_markdown(rows, "a saved machine line")
     with pytest.raises(SystemExit):
         cli.main(["--from-json", str(js), "--only", "baseline"])
+
+
+def _llm_rows_and_windows():
+    """Synthetic chapter-6 results: FP32, GPTQ (3 seeds) and AWQ, 16 windows per domain."""
+    import random
+
+    from lightweight.bench import llm as B
+    from lightweight.llm.evaluation import paired_ratio
+
+    rng = random.Random(0)
+    tokens = 511
+    base = {d: [rng.uniform(1500, 2200) for _ in range(16)] for d in ("shakespeare", "sotu")}
+    shift = {"fp32-reference": 0.0, "int4-gptq-g64": 0.10, "int4-gptq-g64-seed1": 0.11, "int4-gptq-g64-seed2": 0.09,
+             "int4-awq-g64": 0.10}
+    nll = {m: {d: [v + s * tokens + (rng.gauss(0, 3) if m != "fp32-reference" else 0) for v in vs]
+               for d, vs in base.items()} for m, s in shift.items()}
+    windows = {"windows": 16, "tokens_per_window": tokens, "machine": "test", "nll": nll}
+    rows = []
+    for m in shift:
+        for d in base:
+            ppl = math.exp(sum(nll[m][d]) / (16 * tokens))
+            ref = math.exp(sum(nll["fp32-reference"][d]) / (16 * tokens))
+            ci = paired_ratio(nll[m][d], nll["fp32-reference"][d], tokens)
+            setting = dict(part="all", minutes=0.0, domain=d, ratio_low=round(ci.low, 4), ratio_high=round(ci.high, 4))
+            rows.append(core.row("llm", m, "smollm2-135m", "ppl", ref, ppl, 0.3, None, needs="none", **setting))
+            rows.append(core.row("llm", m, "smollm2-135m", "kl", 0.0, 0.1, 0.3, None, needs="none",
+                                 part="all", minutes=0.0, domain=d))
+    return B, rows, windows
+
+
+def test_llm_tables_show_intervals_and_say_only_what_they_allow():
+    B, rows, windows = _llm_rows_and_windows()
+    table = B.llm_table(rows, "test machine")
+    assert "KTC 95%" in table and "`int4-gptq-g64` | " in table
+    gptq_line = next(line for line in table.splitlines() if line.startswith("| `int4-gptq-g64` |"))
+    assert "[+" in gptq_line and "%;" in gptq_line  # change from FP32 and its interval, decimal comma kept apart
+    comparisons = B.comparisons_table(rows, windows)
+    line = next(line for line in comparisons.splitlines() if "GPTQ vs AWQ, INT4" in line)
+    assert "không phân biệt được" in line  # the same shift: the interval must contain 1
+    lo, hi, n = B.seed_spread(rows, "int4-gptq-g64", "sotu")
+    assert n == 3 and 1.08 < lo < hi < 1.13
+    assert B.compare(windows, "int4-gptq-g64", "fp32-reference", "sotu").low > 1.09
+    with pytest.raises(KeyError, match="--only int3-gptq-g64"):
+        B.compare(windows, "int3-gptq-g64", "fp32-reference", "sotu")

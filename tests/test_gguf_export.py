@@ -30,6 +30,129 @@ def test_blocks_dequantize_with_gguf_to_our_values(bits, kind):
     assert float((G.gguf_dequantized(qt) - qt.dequantize()).abs().max()) <= float(qt.scale.max()) * 2 * 2**-11 * 127
 
 
+# ----------------------------------------------------------------------------- ggml's own rounding rules
+# Scalar transliterations of ggml-quants.c (quantize_row_q4_0_ref, quantize_row_q8_0_ref), written apart from
+# the module: FP32 arithmetic step by step (np.float32), C's strict `<` for the first largest |x|, (int8_t)
+# truncation, roundf (halves away from zero), the scale rounded to FP16 to nearest even.
+_F = np.float32
+
+
+def _ggml_q4_0(row) -> bytes:
+    out = bytearray()
+    for i in range(0, len(row), 32):
+        x = [_F(v) for v in row[i:i + 32]]
+        amax, top = _F(0.0), _F(0.0)
+        for v in x:
+            if amax < abs(v):
+                amax, top = abs(v), v
+        d = _F(top / _F(-8))
+        inv = _F(_F(1.0) / d) if d != 0 else _F(0.0)
+        out += np.float16(d).tobytes()
+        for j in range(16):
+            u0 = min(15, int(_F(_F(x[j] * inv) + _F(8.5))))
+            u1 = min(15, int(_F(_F(x[j + 16] * inv) + _F(8.5))))
+            out.append(u0 | (u1 << 4))
+    return bytes(out)
+
+
+def _roundf(v) -> int:
+    t = int(v)  # toward zero
+    return t + (1 if v > 0 else -1) * (abs(float(v) - t) >= 0.5)
+
+
+def _ggml_q8_0(row) -> bytes:
+    out = bytearray()
+    for i in range(0, len(row), 32):
+        x = [_F(v) for v in row[i:i + 32]]
+        amax = _F(0.0)
+        for v in x:
+            amax = max(amax, abs(v))
+        d = _F(amax / _F(127))
+        inv = _F(_F(1.0) / d) if d != 0 else _F(0.0)
+        out += np.float16(d).tobytes() + bytes(_roundf(_F(v * inv)) & 0xFF for v in x)
+    return bytes(out)
+
+
+def _adversarial_blocks() -> torch.Tensor:
+    """Blocks of 32 where a careless rule goes wrong, one per row."""
+    g = torch.Generator().manual_seed(7)
+    rows = {
+        "zeros": torch.zeros(32),
+        "negative zeros": torch.full((32,), -0.0),
+        "-0.0 first, then zeros": torch.cat([torch.tensor([-0.0]), torch.zeros(31)]),
+        "one positive outlier": torch.zeros(32).index_fill(0, torch.tensor([11]), 3.0),
+        "one negative outlier": torch.zeros(32).index_fill(0, torch.tensor([20]), -3.0),
+        "outlier in noise": torch.randn(32, generator=g) * 0.01 + torch.eye(32)[5] * 40,
+        "positive max": torch.linspace(-0.9, 1.0, 32),
+        "negative max": torch.linspace(-1.0, 0.9, 32),
+        "tie, + first": torch.zeros(32).index_put((torch.tensor([3, 9]),), torch.tensor([1.0, -1.0])),
+        "tie, - first": torch.zeros(32).index_put((torch.tensor([3, 9]),), torch.tensor([-1.0, 1.0])),
+        "all equal": torch.full((32,), 0.7),
+        "both extremes (u = 16 clamps to 15)": torch.linspace(-2.0, 2.0, 32),
+        "halves on the Q4_0 grid": (torch.arange(32) - 16) * 0.0625,
+        "halves on the Q8_0 grid": torch.cat([torch.tensor([127.0]), torch.arange(31) - 15.5]),
+        "tiny (FP16 subnormal scale)": torch.randn(32, generator=g) * 1e-6,
+        "large": torch.randn(32, generator=g) * 3e3,
+    }
+    return torch.stack(list(rows.values()))
+
+
+def _random_blocks() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(-4, 2, 64)[:, None]
+    return torch.randn(64, 256, generator=g) * scales
+
+
+@pytest.mark.parametrize("blocks", [_random_blocks, _adversarial_blocks])
+def test_q4_0_is_ggml_reference_quantizer_bit_for_bit(blocks):
+    w = blocks()
+    qt = G.quantize_q4_0(w)
+    ours = G.q4_0_blocks(qt)
+    ref = np.frombuffer(b"".join(_ggml_q4_0(r) for r in w.numpy()), np.uint8).reshape(ours.shape)
+    assert np.array_equal(ours, ref)
+    # gguf-py's numpy port of the same rule: equal too, except for an all-zero block that starts with -0.0
+    # (it keeps that -0.0 as `max` and writes d = +0.0; ggml never takes a zero as `max` and writes -0.0)
+    theirs = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0)
+    plain = ~((w == 0).all(dim=1) & torch.signbit(w[:, 0])).numpy()
+    assert np.array_equal(ours[plain], theirs[plain])
+    back = gguf.quants.dequantize(ours, gguf.GGMLQuantizationType.Q4_0)
+    assert torch.equal(torch.from_numpy(back), G.gguf_dequantized(qt))
+
+
+def test_q4_0_uses_16_levels_with_the_largest_weight_on_minus_8():
+    w = _random_blocks()
+    qt = G.quantize_q4_0(w)
+    assert int(qt.q.min()) == -8 and int(qt.q.max()) == 7
+    blocks = w.view(64, -1, 32)
+    top = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)).squeeze(-1)
+    assert torch.equal(qt.scale, top / -8)  # negative when the largest weight is positive
+    q = qt.q.view(64, -1, 32)
+    assert bool((q.gather(-1, blocks.abs().argmax(-1, keepdim=True)) == -8).all())  # that weight is exact
+    # our symmetric INT4 grid has 15 levels (scale max|w| / 7): not what llama.cpp writes
+    ours_sym = G.q4_0_blocks(Q.quantize_tensor(w, bits=4, group_size=32))
+    assert not np.array_equal(ours_sym, G.q4_0_blocks(qt))
+    # on its 16 levels, the step is 7/8 of the symmetric one, and the error smaller
+    err = (G.gguf_dequantized(qt) - w).pow(2).mean()
+    err_sym = (Q.quantize_tensor(w, bits=4, group_size=32).dequantize() - w).pow(2).mean()
+    assert err < err_sym
+
+
+@pytest.mark.parametrize("blocks", [_random_blocks, _adversarial_blocks])
+def test_q8_0_is_ggml_reference_quantizer_bit_for_bit(blocks):
+    w = blocks()
+    ours = G.q8_0_blocks(G.quantize_q8_0(w))
+    ref = np.frombuffer(b"".join(_ggml_q8_0(r) for r in w.numpy()), np.uint8).reshape(ours.shape)
+    assert np.array_equal(ours, ref)
+    assert np.array_equal(ours, gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0))
+
+
+def test_ggml_rules_refuse_other_shapes():
+    with pytest.raises(ValueError, match="blocks of 32"):
+        G.quantize_q4_0(torch.randn(2, 48))
+    with pytest.raises(ValueError, match="non-finite"):
+        G.quantize_q8_0(torch.full((1, 32), float("nan")))
+
+
 def test_blocks_refuse_other_layouts():
     w = _w()
     with pytest.raises(ValueError, match="groups of 32"):
@@ -74,8 +197,8 @@ def test_export_reads_back_to_our_weights(tmp_path, fmt):
         elif fmt == "f16":
             expected = w.half().float()
         else:
-            bits = 8 if fmt == "q8_0" or name == "model.embed_tokens.weight" else 4
-            expected = G.gguf_dequantized(Q.quantize_tensor(w, bits=bits, group_size=32))
+            eight = fmt == "q8_0" or name == "model.embed_tokens.weight"
+            expected = G.gguf_dequantized((G.quantize_q8_0 if eight else G.quantize_q4_0)(w))
         assert torch.equal(got, expected), name
     fields = gguf.GGUFReader(str(path)).fields
     assert fields["llama.block_count"].contents() == 2

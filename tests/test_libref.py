@@ -33,3 +33,15 @@ def test_torchao_refuses_a_group_size_that_would_skip_layers():
         libref.torchao_(model, "int4-weight-only", group_size=64, skip=())
     with pytest.raises(ValueError, match="method"):
         libref.torchao_(model, "int3")
+
+
+def test_ao_dynamic_int8_skips_the_named_layers():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    model = _mlp()
+    ao = libref.ao_dynamic_int8(model, skip=["2"])
+    assert isinstance(ao[0], DynamicQuantizedLinear) and type(ao[2]) is nn.Linear
+    assert ao[0].weight().qscheme() == torch.per_channel_affine  # per-channel weights
+    assert isinstance(model[0], nn.Linear)  # the original is left alone
+    with pytest.raises(ValueError, match="no nn.Linear named"):
+        libref.ao_dynamic_int8(model, skip=["lm_head"])

@@ -168,21 +168,56 @@ def test_evaluator_perplexity_bits_per_byte_and_kl(monkeypatch, tokenizer):
     text = " ".join(f"w{i % 50}" for i in range(400))
     monkeypatch.setattr(llm_eval, "domain_text", lambda d, s: text)
     ref = tiny_llama()
-    ev = llm_eval.Evaluator(ref, tokenizer, n_tokens=64, kl_tokens=32, seq_len=16, domains=("a", "b"))
+    ev = llm_eval.Evaluator(ref, tokenizer, n_windows=4, kl_windows=2, seq_len=16, domains=("a", "b"), grid=4)
     w = ev.windows["a"]
     assert w.shape == (4, 16)
     with torch.no_grad():
         logits = ref(w).logits[:, :-1]
-    nll = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+    per_window = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none").view(4, 15).sum(1)
     s = ev.reference["a"]
-    assert s.ppl == pytest.approx(math.exp(nll / 60), rel=1e-5)
+    assert s.window_nll == pytest.approx(per_window.tolist(), rel=1e-5)
+    assert s.ppl == pytest.approx(math.exp(per_window.sum().item() / 60), rel=1e-5)
     n_bytes = sum(len(tokenizer.decode(r[1:].tolist()).encode()) for r in w)
-    assert s.bpb == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+    assert s.bpb == pytest.approx(per_window.sum().item() / math.log(2) / n_bytes, rel=1e-5)
     assert ev.score(ref, progress=False)["a"].kl == pytest.approx(0.0, abs=1e-6)
     other = tiny_llama(seed=1)
-    lp_ref, lp = llm_eval.log_probs(ref, w[:2]), llm_eval.log_probs(other, w[:2])
+    kl_windows = w[::2]  # kl_windows=2 of 4: every other window
+    lp_ref, lp = llm_eval.log_probs(ref, kl_windows), llm_eval.log_probs(other, kl_windows)
     want = F.kl_div(lp, lp_ref, log_target=True, reduction="sum").item() / 30
-    assert ev.score(other, progress=False)["a"].kl == pytest.approx(want, rel=1e-4)
+    got = ev.score(other, progress=False)["a"]
+    assert got.kl == pytest.approx(want, rel=1e-4) and len(got.window_kl) == 2
+    with pytest.raises(ValueError, match="divisor"):
+        llm_eval.Evaluator(ref, tokenizer, n_windows=4, kl_windows=3, seq_len=16, domains=("a",), grid=4)
+
+
+def test_windows_spread_over_the_text_and_nest(tokenizer):
+    text = " ".join(f"w{i % 50}" for i in range(2000))
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    full = llm_eval.token_windows(tokenizer, text, 8, seq_len=16, grid=8)
+    stride = len(ids) // 8
+    assert full[-1].tolist() == ids[7 * stride: 7 * stride + 16]  # the last window lies near the end
+    assert torch.equal(llm_eval.token_windows(tokenizer, text, 2, seq_len=16, grid=8), full[::4])
+    with pytest.raises(ValueError, match="divide"):
+        llm_eval.token_windows(tokenizer, text, 3, seq_len=16, grid=8)
+    with pytest.raises(ValueError, match="do not fit"):
+        llm_eval.token_windows(tokenizer, text, 8, seq_len=1000, grid=8)
+
+
+def test_paired_ratio_interval_covers_the_truth_and_reads_ties():
+    gen = torch.Generator().manual_seed(0)
+    hardness = torch.rand(64, generator=gen, dtype=torch.float64) * 400 + 1000  # windows differ a lot
+    a = hardness + 0.05 * 511 + torch.randn(64, generator=gen, dtype=torch.float64) * 2  # A worse by 0.05 nat/token
+    r = llm_eval.paired_ratio(a.tolist(), hardness.tolist(), 511)
+    assert r.low < math.exp(0.05) < r.high and r.excludes(1.0)
+    assert r.high - r.low < 0.01  # pairing removes the window-to-window spread
+    unpaired_spread = float(hardness.std()) / 511 / 8  # what that spread would cost without pairing
+    assert unpaired_spread > 5 * (r.high - r.low)
+    noise = torch.randn(64, generator=gen, dtype=torch.float64) * 5
+    tie = llm_eval.paired_ratio((hardness + noise).tolist(), (hardness + noise.flip(0)).tolist(), 511)  # same mean
+    assert tie.value == pytest.approx(1.0) and not tie.excludes(1.0)
+    assert llm_eval.paired_ratio(a.tolist(), hardness.tolist(), 511) == r  # seeded
+    with pytest.raises(ValueError, match="equal-length"):
+        llm_eval.paired_ratio([1.0, 2.0], [1.0], 10)
 
 
 def test_held_out_text_is_disjoint_from_calibration_text():

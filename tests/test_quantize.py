@@ -131,3 +131,39 @@ def test_fp8_and_fbgemm():
     with pytest.raises(ValueError, match="per-channel INT8"):
         Q.FbgemmInt8Linear(lin, Q.quantize_tensor(lin.weight, 4, 32))
     assert math.isinf(Q.sqnr_db(x, x))
+
+
+def test_dynamic_activation_quantization_per_tensor_and_per_token():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 64, generator=gen)
+    x[..., 3] *= 60  # one outlier channel, as in LLM activations
+    x[1, 0] *= 0.01  # one quiet token
+    per_tensor, per_token = Q.fake_quantize_activations(x, False), Q.fake_quantize_activations(x, True)
+    assert per_tensor.shape == per_token.shape == x.shape
+    step = float(x.max() - x.min()) / 255  # one grid for the whole tensor: 256 levels over its range
+    assert float((per_tensor - x).abs().max()) <= step / 2 + 1e-5
+    quiet = x[1, 0]  # its own grid per token: the quiet token keeps its detail, the shared grid flattens it
+    assert float((per_token[1, 0] - quiet).abs().max()) <= float(quiet.max() - quiet.min()) / 255 / 2 + 1e-6
+    assert Q.sqnr_db(quiet, per_token[1, 0]) > Q.sqnr_db(quiet, per_tensor[1, 0]) + 20
+    zero = torch.zeros(3, 4)
+    assert torch.equal(Q.fake_quantize_activations(zero, True), zero)  # no division by a zero range
+
+
+def test_dynamic_int8_linear_and_fbgemm_range_option():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(5, 64)
+    x[:, 7] *= 50
+    with torch.no_grad():
+        ref = lin(x)
+        token = Q.DynamicInt8Linear(lin, per_token=True)(x)
+        tensor = Q.DynamicInt8Linear(lin, per_token=False)(x)
+    assert token.shape == ref.shape
+    assert Q.sqnr_db(ref, token) > Q.sqnr_db(ref, tensor)
+    eight = Q.FbgemmInt8Linear(lin, seven_bit=False)(x)
+    seven = Q.FbgemmInt8Linear(lin, seven_bit=True)(x)
+    assert Q.sqnr_db(ref, eight) > Q.sqnr_db(ref, seven)  # one more bit for the activations: about 6 dB
+    assert Q.FbgemmInt8Linear(lin).seven_bit == Q.reduce_range()
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    Q.dynamic_int8_(model, per_token=True, skip=["2"])
+    assert isinstance(model[0], Q.DynamicInt8Linear) and isinstance(model[2], nn.Linear)

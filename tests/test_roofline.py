@@ -62,3 +62,52 @@ def test_measurements_return_positive_numbers():
     assert R.matmul_peak(64, repeats=1) > 0
     with pytest.raises(ValueError):
         R.memory_bandwidth(1)
+
+
+def _ao_stored_bytes(ao: nn.Module) -> int:
+    from lightweight import libref
+
+    return sum(t.numel() * t.element_size() for m in ao.modules() if libref.is_ao_int8_linear(m)
+               for t in libref.ao_int8_weight(m).values())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_read_bytes_of_torch_ao_dynamic_int8_are_its_stored_int8_plus_what_stays_fp32(bias):
+    from lightweight import libref
+    from lightweight.measure import safetensors_bytes
+
+    model = Tied(True)
+    if bias:
+        model.body = nn.Linear(16, 16)
+    ao = libref.ao_dynamic_int8(model)  # converts the tied head too: INT8 copy, the table stays FP32
+    stored = _ao_stored_bytes(ao)
+    assert stored == (16 * 16 + 16 * (4 + 1)) + (100 * 16 + 100 * (4 + 1))  # INT8 + FP32 scale + INT8 zero per row
+    kept_fp32 = 16 * 4 + (16 * 4 if bias else 0)  # one embedding row per token (the head no longer reads it), the bias
+    assert R.read_bytes_per_token(ao) == stored + kept_fp32
+    # the stored size counts the same tensors (safetensors adds only its header)
+    int8 = {f"{n}.{k}": t for n, m in ao.named_modules() if libref.is_ao_int8_linear(m)
+            for k, t in libref.ao_int8_weight(m).items()}
+    assert libref.ao_linear_weight_bytes(model)[1] == safetensors_bytes(int8)
+    # the old bound counted the head in FP32 while the size counted it in INT8
+    old = R.bytes_per_token(R.linear_shapes(model), "int8", keep_float={"head": R.FORMATS["fp32"]})
+    assert old > R.read_bytes_per_token(ao) + 100 * 16 * 2
+
+
+def test_benchmark_bound_of_torch_ao_counts_its_int8_head():
+    from lightweight import libref
+    from lightweight.bench import fast as bench_fast
+
+    model = Tied(True)
+    ao = libref.ao_dynamic_int8(model)
+    read = bench_fast.read_bytes({"fp32": model, "int8-ours": model, "torch.ao-int8-dynamic": ao, "torchao-int8": model})
+    assert read["fp32"] == 4 * (16 * 16 + 100 * 16)
+    assert read["torchao-int8"] == read["int8-ours"]
+    assert read["torch.ao-int8-dynamic"] == _ao_stored_bytes(ao) + 16 * 4
+
+
+def _smollm2_config():
+    from transformers import LlamaConfig
+
+    # SmolLM2-135M's config.json: 30 layers, hidden 576, 9 query heads, 3 key-value heads (head_dim 64)
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192)

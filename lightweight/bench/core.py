@@ -22,7 +22,8 @@ FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "s
             "svd", "asvd", "kd", "scratch", "combo", "int3", "text", "bf16", "fp16")
 SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch",
                 "train_size", "minutes",
-                "domain", "calibration", "blocks", "steps", "runtime", "bound_tokens_per_s", "same_runtime_speed_ratio"}
+                "domain", "calibration", "blocks", "steps", "runtime", "bound_tokens_per_s", "same_runtime_speed_ratio",
+                "seed", "ratio_low", "ratio_high"}
 NEEDS = ("none", "calibration", "training")  # what producing the compressed model takes besides the model
 
 # How the book's table (in Vietnamese) names chapters, models, metrics and needs.

@@ -6,10 +6,15 @@
     python -m lightweight.bench.llm --from-json           # llm.md rewritten from llm.json
 
 Every configuration is scored on the held-out text of both domains (perplexity, bits per byte, KL to
-the FP32 model) with the same :class:`~lightweight.llm.evaluation.Evaluator`; ``size_ratio`` is whole-model
-stored bytes over FP32 whole-model bytes; ``setting["minutes"]`` is the compression's compute time
-here (calibration statistics + the method, or training). Calibration windows come from the
-calibration splits only (never the held-out text).
+the FP32 model) with the same :class:`~lightweight.llm.evaluation.Evaluator`: 64 windows of 512
+tokens spread over each domain's held-out text (32,768 tokens; KL on 8 of the windows). Each
+perplexity row carries the paired-bootstrap 95% interval of its ratio to FP32
+(``setting["ratio_low"]``, ``setting["ratio_high"]``), and ``llm_windows.json`` keeps the per-window
+negative log-likelihoods every interval comes from (:func:`compare` recomputes any pair).
+``size_ratio`` is whole-model stored bytes over FP32 whole-model bytes; ``setting["minutes"]`` is the
+compression's compute time here (calibration statistics + the method, or training). Calibration
+windows come from the calibration splits only (never the held-out text); GPTQ, AWQ and SparseGPT
+are run with three calibration seeds (``-seed1``, ``-seed2`` rows beside the seed-0 row).
 """
 
 from __future__ import annotations
@@ -30,14 +35,14 @@ from .. import prune as P
 from .. import quantize as Q
 from ..console import safe_console
 from ..distill import llm_student, train_causal_lm
-from ..llm.evaluation import DOMAINS, Evaluator, calibration_windows
+from ..libref import ao_dynamic_int8
+from ..llm.evaluation import DOMAINS, Evaluator, Interval, calibration_windows, paired_ratio, score_ratio
 from ..llm.model import block_linears, calibration_run, compress_blockwise_, load_smollm2, stored_bytes
 from ..machine import describe
 from .core import BenchContext, row, sync_results
 
 MODEL = "smollm2-135m"
-EVAL_TOKENS = 1024  # per domain, windows of 256
-KL_TOKENS = 512
+CAL_SEEDS = (1, 2)  # besides seed 0: the seed rows of GPTQ, AWQ and SparseGPT
 CAL_WINDOWS = 64  # 64 x 256 = 16,384 calibration tokens, both domains in turn
 DEPTH_DROP = 6  # of 30 blocks
 STUDENT_KEEP = tuple(range(0, 30, 2))  # 15 blocks
@@ -45,15 +50,37 @@ STUDENT_STEPS = 120
 STUDENT_WINDOWS = 512  # 512 x 128 training tokens from the calibration splits
 STUDENT_LR = 3e-4
 RESULT_PATH = Path(__file__).resolve().parents[2] / "book" / "bench" / "llm.json"
+WINDOWS_PATH = RESULT_PATH.with_name("llm_windows.json")
+# Pairs the chapter compares: (A, B, what A vs B means); ppl(A) / ppl(B) with its interval, per domain.
+COMPARISONS = (
+    ("int4-gptq-g64", "int4-awq-g64", "GPTQ vs AWQ, INT4 g64"),
+    ("int4-gptq-g64", "int4-rtn-g64", "GPTQ vs RTN, INT4 g64"),
+    ("int4-awq-g64", "int4-rtn-g64", "AWQ vs RTN, INT4 g64"),
+    ("int3-gptq-g64", "int3-awq-g64", "GPTQ vs AWQ, INT3 g64"),
+    ("sparsegpt-50", "wanda-50", "SparseGPT vs Wanda, 50%"),
+    ("wanda-50", "magnitude-50", "Wanda vs magnitude, 50%"),
+    ("sparsegpt-2:4", "wanda-2:4", "SparseGPT vs Wanda, 2:4"),
+    ("fp8-e4m3", "int8-rtn-channel", "FP8 E4M3 vs INT8, per row"),
+    ("fp8-e4m3", "fp8-e5m2", "FP8 E4M3 vs E5M2"),
+    ("int8-ao-dynamic", "int8-ao-dynamic-keephead", "torch.ao: lm_head INT8 vs FP32"),
+    ("int8-fbgemm-keephead", "int8-fbgemm-fullrange-keephead", "fbgemm: 7-bit vs 8-bit activations"),
+    ("int8-fbgemm-fullrange-keephead", "int8-dynamic-token-keephead", "8-bit activations: per tensor vs per token"),
+    ("kd-halfdepth", "text-halfdepth", "half depth: distillation vs text"),
+    ("combo-depth6-gptq4-emb8", "structured-depth6", "depth 6 + GPTQ4 vs depth 6 alone"),
+    ("int3-gptq-g64-cal-shakespeare", "int3-gptq-g64-cal-sotu", "GPTQ INT3 calibrated on Shakespeare vs speeches"),
+    ("sparsegpt-50-cal-shakespeare", "sparsegpt-50-cal-sotu", "SparseGPT 50% calibrated on Shakespeare vs speeches"),
+)
 
 
-def _rows(method: str, ev: Evaluator, model: nn.Module, size: float, minutes: float, needs: str, **setting) -> list[dict]:
-    scores = ev.score(model)
+def _rows(method: str, ev: Evaluator, scores: dict, size: float | None, minutes: float, needs: str,
+          **setting) -> list[dict]:
     out = []
     for d in DOMAINS:
         ref, s = ev.reference[d], scores[d]
         common = dict(needs=needs, part="all", minutes=round(minutes, 2), domain=d, **setting)
-        out.append(row("llm", method, MODEL, "ppl", ref.ppl, s.ppl, size, None, **common))
+        ci = score_ratio(s, ref)
+        out.append(row("llm", method, MODEL, "ppl", ref.ppl, s.ppl, size, None, ratio_low=round(ci.low, 4),
+                       ratio_high=round(ci.high, 4), **common))
         out.append(row("llm", method, MODEL, "bpb", ref.bpb, s.bpb, size, None, **common))
         out.append(row("llm", method, MODEL, "kl", 0.0, s.kl, size, None, **common))
     return out
@@ -76,14 +103,28 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
         """Block by block on the calibration windows ``c``: each block calibrated on the compressed earlier ones."""
         return q(lambda m: compress_blockwise_(m, c, compress, progress=False))
 
-    for bits in (4,):
-        yield f"int{bits}-rtn-g64", q(lambda m, b=bits: Q.quantize_(m, b, 64, skip=skip)), "none", dict(bits=bits, group_size=64)
-        yield f"int{bits}-gptq-g64", blockwise(lambda blk, r, b=bits: Q.gptq_(blk, r, b, 64, act_order=True)), "calibration", \
-            dict(bits=bits, group_size=64)
-        yield f"int{bits}-awq-g64", blockwise(lambda blk, r, b=bits: Q.awq_(blk, r, b, 64)), "calibration", dict(bits=bits, group_size=64)
+    seeded = {s: calibration_windows(tok, CAL_WINDOWS, seed=s) for s in CAL_SEEDS}
+    gptq4 = lambda blk, r: Q.gptq_(blk, r, 4, 64, act_order=True)  # noqa: E731
+    awq4 = lambda blk, r: Q.awq_(blk, r, 4, 64)  # noqa: E731
+    sparsegpt50 = lambda blk, r: P.prune_oneshot_(blk, 0.5, "sparsegpt", r)  # noqa: E731
+    yield "int8-rtn-channel", q(lambda m: Q.quantize_(m, 8, None, skip=skip)), "none", dict(bits=8)
+    for fmt in ("e4m3", "e5m2"):
+        yield f"fp8-{fmt}", q(lambda m, f=fmt: _fp8_(m, f, skip)), "none", dict(bits=8)
+    yield "int4-rtn-g64", q(lambda m: Q.quantize_(m, 4, 64, skip=skip)), "none", dict(bits=4, group_size=64)
+    yield "int4-gptq-g64", blockwise(gptq4), "calibration", dict(bits=4, group_size=64, seed=0)
+    yield "int4-awq-g64", blockwise(awq4), "calibration", dict(bits=4, group_size=64, seed=0)
     yield "magnitude-50", q(lambda m: P.prune_oneshot_(m, 0.5, "magnitude", skip=skip)), "none", dict(sparsity=0.5)
-    for method in ("wanda", "sparsegpt"):
-        yield f"{method}-50", blockwise(lambda blk, r, k=method: P.prune_oneshot_(blk, 0.5, k, r)), "calibration", dict(sparsity=0.5)
+    yield "wanda-50", blockwise(lambda blk, r: P.prune_oneshot_(blk, 0.5, "wanda", r)), "calibration", dict(sparsity=0.5)
+    yield "sparsegpt-50", blockwise(sparsegpt50), "calibration", dict(sparsity=0.5, seed=0)
+    for seed, c in seeded.items():
+        yield f"int4-gptq-g64-seed{seed}", blockwise(gptq4, c), "calibration", dict(bits=4, group_size=64, seed=seed)
+        yield f"int4-awq-g64-seed{seed}", blockwise(awq4, c), "calibration", dict(bits=4, group_size=64, seed=seed)
+        yield f"sparsegpt-50-seed{seed}", blockwise(sparsegpt50, c), "calibration", dict(sparsity=0.5, seed=seed)
+    yield "int8-ao-dynamic", lambda: ao_dynamic_int8(fp32), "none", dict(bits=8)
+    yield "int8-ao-dynamic-keephead", lambda: ao_dynamic_int8(fp32, skip=skip), "none", dict(bits=8)
+    yield "int8-fbgemm-keephead", q(lambda m: Q.fbgemm_int8_(m, skip, seven_bit=True)), "none", dict(bits=8)
+    yield "int8-fbgemm-fullrange-keephead", q(lambda m: Q.fbgemm_int8_(m, skip, seven_bit=False)), "none", dict(bits=8)
+    yield "int8-dynamic-token-keephead", q(lambda m: Q.dynamic_int8_(m, True, skip)), "none", dict(bits=8)
     yield "kd-halfdepth", lambda: _student(fp32, tok, teacher=True), "training", dict(blocks=len(STUDENT_KEEP), steps=STUDENT_STEPS)
     yield "text-halfdepth", lambda: _student(fp32, tok, teacher=False), "training", dict(blocks=len(STUDENT_KEEP), steps=STUDENT_STEPS)
     yield f"combo-depth{DEPTH_DROP}-gptq4-emb8", q(lambda m: _combo(m, cal)), "calibration", dict(bits=4, group_size=64)
@@ -93,7 +134,6 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
         yield f"int{bits}-gptq-g64", blockwise(lambda blk, r, b=bits: Q.gptq_(blk, r, b, 64, act_order=True)), "calibration", \
             dict(bits=bits, group_size=64)
         yield f"int{bits}-awq-g64", blockwise(lambda blk, r, b=bits: Q.awq_(blk, r, b, 64)), "calibration", dict(bits=bits, group_size=64)
-    yield "int8-rtn-channel", q(lambda m: Q.quantize_(m, 8, None, skip=skip)), "none", dict(bits=8)
     yield "magnitude-2:4", q(lambda m: P.prune_oneshot_(m, 0.5, "magnitude", nm=(2, 4), skip=skip)), "none", dict(sparsity=0.5)
     for method in ("wanda", "sparsegpt"):
         yield f"{method}-2:4", blockwise(lambda blk, r, k=method: P.prune_oneshot_(blk, 0.5, k, r, nm=(2, 4))), "calibration", \
@@ -109,6 +149,16 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
         yield f"sparsegpt-50-cal-{d}", blockwise(lambda blk, r: P.prune_oneshot_(blk, 0.5, "sparsegpt", r), one[d]), \
             "calibration", dict(sparsity=0.5, calibration=d)
     yield "int4-minmax-g32", q(_minmax_g32), "none", dict(bits=4, group_size=32)
+
+
+def _fp8_(m: nn.Module, fmt: str, skip: list[str]) -> None:
+    """FP8 weights (``fmt``: e4m3 or e5m2) with one FP32 scale per output row, written back as floats;
+    every block linear except ``skip``."""
+    with torch.no_grad():
+        for n in block_linears(m):
+            if n not in skip:
+                w = m.get_submodule(n).weight
+                w.copy_(Q.fp8_fake_quantize(w, fmt, block=(1, w.shape[1])))
 
 
 def _minmax_g32(m: nn.Module) -> None:
@@ -168,15 +218,47 @@ def _student(fp32: nn.Module, tok, teacher: bool) -> nn.Module:
     return student
 
 
-def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[dict] = ()) -> list[dict]:
-    """All rows (or those of the methods in ``only``, with the rows in ``keep`` of the other methods kept
-    as they were); with ``out``, the file is rewritten after each configuration."""
+def _int8_bytes(fp32: nn.Module) -> int:
+    """Whole-model bytes with every block linear as per-row INT8 (embedding and its tied lm_head FP32)."""
+    return stored_bytes(Q.quantize_(copy.deepcopy(fp32), 8, None, skip=["lm_head"]))
+
+
+def _stored(method: str, model: nn.Module, fp32: nn.Module, int8_bytes: int) -> int:
+    """Whole-model bytes of a configuration. FP8 rows and the dynamic-INT8 rows store one byte per
+    weight plus one scale per row, like ``int8-rtn-channel``; ``int8-ao-dynamic`` also stores an INT8
+    copy of ``lm_head`` beside the FP32 embedding it was tied to."""
+    if method.startswith("fp8-") or method.endswith("-keephead"):
+        return int8_bytes
+    if method == "int8-ao-dynamic":
+        vocab, dim = fp32.lm_head.weight.shape
+        return int8_bytes + vocab * dim + 8 * vocab
+    sparse = method.split("-")[0] in ("magnitude", "wanda", "sparsegpt")
+    return stored_bytes(model, sparse=sparse)
+
+
+def _write(out: Path, rows: list[dict], windows: dict) -> None:
+    out.write_text(json.dumps({"machine": describe(), "rows": rows}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_name(WINDOWS_PATH.name).write_text(json.dumps(windows, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[dict] = (),
+              keep_windows: dict | None = None) -> tuple[list[dict], dict]:
+    """``(rows, windows)``: all rows (or those of the methods in ``only``, with the rows in ``keep`` and
+    the per-window data in ``keep_windows`` of the other methods kept as they were) and the per-window
+    NLL of every method (see :func:`compare`); with ``out``, both files are rewritten after each
+    configuration."""
     fp32, tok = load_smollm2()
     fp32.requires_grad_(False)
-    ev = Evaluator(fp32, tok, n_tokens=EVAL_TOKENS, kl_tokens=KL_TOKENS)
-    base = stored_bytes(fp32)
+    ev = Evaluator(fp32, tok)
+    base, int8_bytes = stored_bytes(fp32), _int8_bytes(fp32)
     cal = calibration_windows(tok, CAL_WINDOWS)
-    measured = {"fp32-reference": _rows("fp32-reference", ev, fp32, 1.0, 0.0, "none")}
+    first = next(iter(ev.windows.values()))
+    windows = {"windows": len(first), "tokens_per_window": first.shape[1] - 1, "machine": describe(),
+               "nll": {"fp32-reference": {d: _rounded(ev.reference[d].window_nll) for d in DOMAINS}}}
+    if keep_windows is not None and (keep_windows["windows"], keep_windows["tokens_per_window"]) == \
+            (windows["windows"], windows["tokens_per_window"]):
+        windows["nll"] = {**keep_windows["nll"], **windows["nll"]}
+    measured = {"fp32-reference": _rows("fp32-reference", ev, ev.reference, 1.0, 0.0, "none")}
     configs = list(configurations(fp32, tok, cal))
     unknown = set(only or ()) - {c[0] for c in configs}
     if unknown:
@@ -195,61 +277,141 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
         start = time.perf_counter()
         model = make()
         minutes = (time.perf_counter() - start) / 60
-        sparse = method.split("-")[0] in ("magnitude", "wanda", "sparsegpt")
-        measured[method] = _rows(method, ev, model, stored_bytes(model, sparse=sparse) / base, minutes, needs, **setting)
+        scores = ev.score(model)
+        size = _stored(method, model, fp32, int8_bytes) / base
+        measured[method] = _rows(method, ev, scores, size, minutes, needs, **setting)
+        windows["nll"][method] = {d: _rounded(scores[d].window_nll) for d in DOMAINS}
         print(f"{method}: {[(r['setting']['domain'], r['value']) for r in measured[method] if r['metric'] == 'ppl']}", flush=True)
         if out is not None:
-            out.write_text(json.dumps({"machine": describe(), "rows": ordered()}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            _write(out, ordered(), windows)
         del model
-    return ordered()
+    return ordered(), windows
+
+
+def _rounded(values: tuple[float, ...]) -> list[float]:
+    return [round(v, 4) for v in values]
+
+
+def compare(windows: dict, a: str, b: str, domain: str) -> Interval:
+    """``ppl(a) / ppl(b)`` on ``domain`` with its paired-bootstrap 95% interval, from the per-window
+    NLL of ``llm_windows.json`` (``KeyError`` naming the command if a method was not measured)."""
+    for m in (a, b):
+        if m not in windows["nll"]:
+            raise KeyError(f"{m!r} is not in {WINDOWS_PATH.name}: run `python -m lightweight.bench.llm --only {m}`")
+    return paired_ratio(windows["nll"][a][domain], windows["nll"][b][domain], windows["tokens_per_window"])
+
+
+def _num(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}".replace(".", ",")
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f}%".replace(".", ",")
 
 
 def llm_table(rows: list[dict], measured_on: str | None = None) -> str:
-    """One Markdown line per method, in Vietnamese: perplexity, bits per byte and KL on both domains,
-    whole-model size ratio, minutes of compression (numbers with a decimal comma)."""
+    """One Markdown line per method, in Vietnamese: perplexity on both domains with its change from
+    FP32 and the 95% interval of that change, KL on both domains, whole-model size ratio, minutes of
+    compression (numbers with a decimal comma)."""
     get = {(r["method"], r["metric"], r["setting"]["domain"]): r for r in rows if r["model"] == MODEL}
     methods = list(dict.fromkeys(m for m, _, _ in get))
-    num = lambda v, digits: f"{v:.{digits}f}".replace(".", ",")  # noqa: E731
     lines = [f"Đo trên máy: {measured_on or describe()}", "",
-             "| cấu hình | PPL Shakespeare | PPL diễn văn | bpb Shakespeare | bpb diễn văn | KL Shakespeare | KL diễn văn "
-             "| tỉ lệ kích thước | phút |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| cấu hình | PPL Shakespeare (so với FP32, KTC 95%) | PPL diễn văn (so với FP32, KTC 95%) | KL Shakespeare "
+             "| KL diễn văn | tỉ lệ kích thước | phút |",
+             "|---|---|---|---|---|---|---|"]
     for m in methods:
-        v = lambda metric, d: get[(m, metric, d)]["value"]  # noqa: E731
+        cells = []
+        for d in DOMAINS:
+            r = get[(m, "ppl", d)]
+            if m == "fp32-reference":
+                cells.append(_num(r["value"], 2))
+            else:
+                st = r["setting"]
+                cells.append(f"{_num(r['value'], 2)} ({_pct(r['value'] / r['baseline'])} "
+                             f"[{_pct(st['ratio_low'])}; {_pct(st['ratio_high'])}])")
+        kl = [get[(m, "kl", d)]["value"] for d in DOMAINS]
         first = get[(m, "ppl", DOMAINS[0])]
-        lines.append(f"| `{m}` | {num(v('ppl', 'shakespeare'), 2)} | {num(v('ppl', 'sotu'), 2)} | {num(v('bpb', 'shakespeare'), 3)} | "
-                     f"{num(v('bpb', 'sotu'), 3)} | {num(v('kl', 'shakespeare'), 3)} | {num(v('kl', 'sotu'), 3)} | "
-                     f"{num(first['size_ratio'], 3)} | {num(first['setting']['minutes'], 1)} |")
+        size = "—" if first["size_ratio"] is None else _num(first["size_ratio"], 3)
+        lines.append(f"| `{m}` | {cells[0]} | {cells[1]} | " + " | ".join("—" if v is None else _num(v, 3) for v in kl)
+                     + f" | {size} | {_num(first['setting']['minutes'], 1)} |")
     return "\n".join(lines) + "\n"
 
+
+def seed_spread(rows: list[dict], method: str, domain: str) -> tuple[float, float, int]:
+    """``(lowest, highest, n)`` perplexity ratio to FP32 of ``method`` over its calibration seeds."""
+    ratios = [r["value"] / r["baseline"] for r in rows if r["metric"] == "ppl" and r["setting"]["domain"] == domain
+              and (r["method"] == method or r["method"].startswith(f"{method}-seed"))]
+    if not ratios:
+        raise KeyError(f"no row of {method!r}: run `python -m lightweight.bench.llm --only {method}`")
+    return min(ratios), max(ratios), len(ratios)
+
+
+def comparisons_table(rows: list[dict], windows: dict) -> str:
+    """Markdown, in Vietnamese: each pair of :data:`COMPARISONS` as ``ppl(A) / ppl(B)`` with its 95%
+    interval on both domains and what the interval allows one to say; then the spread over seeds."""
+    domain_vi = {"shakespeare": "Shakespeare", "sotu": "diễn văn"}
+    lines = ["| so sánh (A vs B) | PPL A / PPL B, Shakespeare (KTC 95%) | PPL A / PPL B, diễn văn (KTC 95%) | kết luận |",
+             "|---|---|---|---|"]
+    for a, b, what in COMPARISONS:
+        if a not in windows["nll"] or b not in windows["nll"]:
+            continue
+        cis = {d: compare(windows, a, b, d) for d in DOMAINS}
+        verdict = []
+        for d, ci in cis.items():
+            if not ci.excludes(1.0):
+                verdict.append(f"không phân biệt được trên {domain_vi[d]}")
+            else:
+                verdict.append(f"{'A' if ci.high < 1 else 'B'} tốt hơn trên {domain_vi[d]}")
+        cells = [f"{_num(c.value, 3)} [{_num(c.low, 3)}; {_num(c.high, 3)}]" for c in cis.values()]
+        lines.append(f"| {what}: `{a}` vs `{b}` | {cells[0]} | {cells[1]} | {'; '.join(verdict)} |")
+    lines += ["", "| cấu hình | số seed hiệu chỉnh | PPL so với FP32, Shakespeare (thấp nhất … cao nhất) "
+              "| PPL so với FP32, diễn văn (thấp nhất … cao nhất) |", "|---|---|---|---|"]
+    for m in ("int4-gptq-g64", "int4-awq-g64", "sparsegpt-50"):
+        try:
+            spread = {d: seed_spread(rows, m, d) for d in DOMAINS}
+        except KeyError:
+            continue
+        cells = [f"{_pct(lo)} … {_pct(hi)}" for lo, hi, _ in spread.values()]
+        lines.append(f"| `{m}` | {spread[DOMAINS[0]][2]} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(rows: list[dict], windows: dict, measured_on: str | None = None) -> str:
+    return llm_table(rows, measured_on) + "\n" + comparisons_table(rows, windows)
 
 
 def llm_rows(ctx: BenchContext) -> list[dict]:
     """Chapter 6's rows for ``python -m lightweight.bench``; chapter 6's own files get them too."""
-    rows = llm_bench(RESULT_PATH)
-    RESULT_PATH.with_suffix(".md").write_text(llm_table(rows), encoding="utf-8")
+    rows, windows = llm_bench(RESULT_PATH)
+    RESULT_PATH.with_suffix(".md").write_text(_markdown(rows, windows), encoding="utf-8")
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     safe_console()
     parser = argparse.ArgumentParser(description="Benchmark of chapter 6 (SmolLM2-135M).")
-    parser.add_argument("--json", type=Path, default=RESULT_PATH, help="rows written here after each configuration")
-    parser.add_argument("--markdown", type=Path, default=RESULT_PATH.with_suffix(".md"), help="the rows as a Markdown table")
-    parser.add_argument("--only", nargs="+", help="methods to run (default: all); the file keeps the other methods' rows")
-    parser.add_argument("--from-json", action="store_true", help="rewrite the Markdown table from --json, measuring nothing")
+    parser.add_argument("--json", type=Path, default=RESULT_PATH,
+                        help="rows written here after each configuration (and the per-window NLL beside it)")
+    parser.add_argument("--markdown", type=Path, default=RESULT_PATH.with_suffix(".md"), help="the rows as Markdown tables")
+    parser.add_argument("--only", nargs="+", help="methods to run (default: all); the files keep the other methods' data")
+    parser.add_argument("--from-json", action="store_true", help="rewrite the Markdown tables from --json, measuring nothing")
     args = parser.parse_args(argv)
+    windows_path = args.json.with_name(WINDOWS_PATH.name)
     if args.from_json:
         if args.only:
             parser.error("--from-json measures nothing: it cannot be combined with --only")
         data = json.loads(args.json.read_text(encoding="utf-8"))
-        args.markdown.write_text(llm_table(data["rows"], data["machine"]), encoding="utf-8")
+        windows = json.loads(windows_path.read_text(encoding="utf-8"))
+        args.markdown.write_text(_markdown(data["rows"], windows, data["machine"]), encoding="utf-8")
         if args.json == RESULT_PATH:
             sync_results(data["rows"], data["machine"])
         return 0
-    keep = json.loads(args.json.read_text(encoding="utf-8"))["rows"] if args.only and args.json.exists() else []
-    rows = llm_bench(args.json, set(args.only) if args.only else None, keep)
-    args.markdown.write_text(llm_table(rows), encoding="utf-8")
+    keep, keep_windows = [], None
+    if args.only and args.json.exists() and windows_path.exists():
+        keep = json.loads(args.json.read_text(encoding="utf-8"))["rows"]
+        keep_windows = json.loads(windows_path.read_text(encoding="utf-8"))
+    rows, windows = llm_bench(args.json, set(args.only) if args.only else None, keep, keep_windows)
+    args.markdown.write_text(_markdown(rows, windows), encoding="utf-8")
     if args.json == RESULT_PATH:
         sync_results(rows, describe())
     return 0

@@ -17,6 +17,7 @@ import importlib.metadata
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +31,8 @@ from ..train import progress_bar
 
 DOMAINS = ("shakespeare", "sotu")
 SPLITS = ("calibration", "heldout")
-SEQ_LEN = 256
+SEQ_LEN = 512  # tokens per evaluation window; why 512: see Evaluator
+HELDOUT_WINDOWS = 64  # windows per domain in the full evaluation: 64 x 512 = 32,768 tokens
 SOTU_HELDOUT_FROM = 2010
 SOTU_FIRST_YEAR = 1947  # "State of the Union" addresses; the earlier Annual Messages are 19th-century prose
 PROMPTS = ("Once upon a time", "The most important thing about a small computer is",
@@ -88,17 +90,23 @@ def context_length(model: nn.Module) -> int:
     return n
 
 
-def token_windows(tokenizer, text: str, n_tokens: int, seq_len: int = SEQ_LEN) -> torch.Tensor:
-    """The first ``n_tokens`` tokens of ``text`` as non-overlapping windows ``(n_tokens // seq_len, seq_len)``."""
-    if seq_len < 2 or n_tokens < seq_len:
-        raise ValueError(f"need seq_len >= 2 and n_tokens >= seq_len, got {n_tokens}, {seq_len}")
-    n_windows = n_tokens // seq_len
-    ids = tokenizer(text[: 8 * n_tokens + 1000], add_special_tokens=False).input_ids  # ~4 chars a token
-    if len(ids) < n_windows * seq_len:
-        ids = tokenizer(text, add_special_tokens=False).input_ids
-    if len(ids) < n_windows * seq_len:
-        raise ValueError(f"the text has only {len(ids)} tokens, asked for {n_windows * seq_len}")
-    return torch.tensor(ids[: n_windows * seq_len]).view(n_windows, seq_len)
+def token_windows(tokenizer, text: str, n_windows: int, seq_len: int = SEQ_LEN,
+                  grid: int = HELDOUT_WINDOWS) -> torch.Tensor:
+    """``n_windows`` non-overlapping windows ``(n_windows, seq_len)`` spread evenly over the whole of ``text``.
+
+    The text's tokens are cut into ``grid`` equal strides and a window starts at each stride;
+    ``n_windows`` (a divisor of ``grid``) takes every ``grid // n_windows``-th of them, so a smaller
+    evaluation is an exact subset of the full one."""
+    if seq_len < 2 or n_windows < 1:
+        raise ValueError(f"need seq_len >= 2 and n_windows >= 1, got {seq_len}, {n_windows}")
+    if grid % n_windows:
+        raise ValueError(f"n_windows must divide {grid} (so that it is a subset of the full evaluation), got {n_windows}")
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    stride = len(ids) // grid
+    if stride < seq_len:
+        raise ValueError(f"the text has only {len(ids)} tokens: {grid} windows of {seq_len} do not fit")
+    starts = range(0, grid * stride, stride)[:: grid // n_windows]
+    return torch.tensor([ids[s: s + seq_len] for s in starts])
 
 
 def calibration_windows(tokenizer, n: int, seq_len: int = SEQ_LEN, domains: tuple[str, ...] = DOMAINS,
@@ -134,59 +142,116 @@ def log_probs(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Score:
-    """One model on one domain: perplexity, bits per byte, mean KL to the reference (nats/token)."""
+    """One model on one domain: perplexity, bits per byte, mean KL to the reference (nats/token), and
+    the per-window sums they come from (``window_nll[i]``: nats over the ``seq_len - 1`` predicted
+    tokens of window ``i``), so that two models can be compared window by window."""
 
     ppl: float
     bpb: float
     kl: float | None
     tokens: int
+    window_nll: tuple[float, ...]
+    window_kl: tuple[float, ...] | None = None
 
 
-def _bytes(tokenizer, windows: torch.Tensor) -> int:
-    """UTF-8 bytes of the predicted tokens (positions 1..T-1 of each window)."""
-    return sum(len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in windows)
+def _window_bytes(tokenizer, windows: torch.Tensor) -> list[int]:
+    """UTF-8 bytes of the predicted tokens (positions 1..T-1) of each window."""
+    return [len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in windows]
 
 
 class Evaluator:
-    """Scores models on the held-out windows of every domain, against a reference model.
+    """Scores models on held-out windows of every domain, against a reference model.
 
-    ``n_tokens`` tokens per domain in windows of ``seq_len``; the KL divergence
-    ``KL(p_ref || p_model)`` is averaged over the first ``kl_tokens`` of them (the reference's
-    log-probabilities are kept in memory: about 200 kB per token)."""
+    ``n_windows`` windows of ``seq_len`` tokens per domain, spread evenly over the whole held-out
+    text (see :func:`token_windows`); the full evaluation is 64 windows of 512 tokens = 32,768
+    tokens per domain. Why 512: each predicted token then sees on average 256 tokens of context
+    (a fair use of an LLM trained on 2,048-token sequences, where 256-token windows leave a quarter
+    of the tokens with under 64), while 64 separate windows per domain still give the bootstrap of
+    :func:`paired_ratio` 64 independent units. ``KL(p_ref || p_model)`` is averaged over
+    ``kl_windows`` of the windows, spread likewise (the reference's log-probabilities are kept in
+    memory: about 200 kB per token). ``grid``: see :func:`token_windows` (tests use small texts)."""
 
-    def __init__(self, reference: nn.Module, tokenizer, n_tokens: int = 4096, kl_tokens: int = 1024,
-                 seq_len: int = SEQ_LEN, batch_size: int = 4, domains: tuple[str, ...] = DOMAINS):
-        if not 0 <= kl_tokens <= n_tokens:
-            raise ValueError(f"kl_tokens must be in [0, n_tokens], got {kl_tokens}")
+    def __init__(self, reference: nn.Module, tokenizer, n_windows: int = HELDOUT_WINDOWS, kl_windows: int = 8,
+                 seq_len: int = SEQ_LEN, batch_size: int = 2, domains: tuple[str, ...] = DOMAINS,
+                 grid: int = HELDOUT_WINDOWS):
+        if not 0 <= kl_windows <= n_windows or (kl_windows and n_windows % kl_windows):
+            raise ValueError(f"kl_windows must be 0 or a divisor of n_windows={n_windows}, got {kl_windows}")
+        check_context(reference, seq_len)
         self.tokenizer, self.batch_size = tokenizer, batch_size
-        self.windows = {d: token_windows(tokenizer, domain_text(d, "heldout"), n_tokens, seq_len) for d in domains}
-        self.kl_windows = kl_tokens // seq_len
-        self.bytes = {d: _bytes(tokenizer, w) for d, w in self.windows.items()}
-        self.ref_logp = {d: log_probs(reference, w[: self.kl_windows]) for d, w in self.windows.items()
-                         if self.kl_windows}
-        self.reference = self.score(reference, with_kl=False)
+        self.windows = {d: token_windows(tokenizer, domain_text(d, "heldout"), n_windows, seq_len, grid)
+                        for d in domains}
+        self.kl_every = n_windows // kl_windows if kl_windows else 0
+        self.bytes = {d: _window_bytes(tokenizer, w) for d, w in self.windows.items()}
+        self.ref_logp = {d: log_probs(reference, w[:: self.kl_every]) for d, w in self.windows.items()
+                         if self.kl_every}
+        self.reference = self.score(reference, with_kl=False, progress=False)
 
     def score(self, model: nn.Module, with_kl: bool = True, progress: bool = True) -> dict[str, Score]:
         """``{domain: Score}`` of ``model`` on the held-out windows."""
         model.eval()
-        out = {}
         batches = [(d, i) for d, w in self.windows.items() for i in range(0, len(w), self.batch_size)]
-        nll = {d: 0.0 for d in self.windows}
-        kl = {d: 0.0 for d in self.windows}
+        nll: dict[str, list[float]] = {d: [] for d in self.windows}
+        kl: dict[str, list[float]] = {d: [] for d in self.windows}
         for d, i in progress_bar(batches, progress, desc="evaluating", leave=False):
             w = self.windows[d][i: i + self.batch_size]
             lp = log_probs(model, w)
-            nll[d] -= float(lp.gather(-1, w[:, 1:, None]).sum())
-            n_kl = max(0, min(self.kl_windows - i, len(w)))
-            if with_kl and n_kl:
-                ref = self.ref_logp[d][i: i + n_kl]
-                kl[d] += float((ref.exp() * (ref - lp[:n_kl])).sum())
+            nll[d] += (-lp.gather(-1, w[:, 1:, None]).squeeze(-1).double().sum(1)).tolist()
+            if with_kl and self.kl_every:
+                for j in range(len(w)):
+                    if (i + j) % self.kl_every == 0:
+                        ref = self.ref_logp[d][(i + j) // self.kl_every]
+                        kl[d].append(float((ref.exp() * (ref - lp[j])).double().sum()))
+        out = {}
         for d, w in self.windows.items():
-            n = w.shape[0] * (w.shape[1] - 1)
-            n_kl = self.kl_windows * (w.shape[1] - 1)
-            out[d] = Score(ppl=math.exp(nll[d] / n), bpb=nll[d] / math.log(2) / self.bytes[d],
-                           kl=(kl[d] / n_kl if with_kl and n_kl else None), tokens=n)
+            per = w.shape[1] - 1
+            total = sum(nll[d])
+            out[d] = Score(ppl=math.exp(total / (per * len(w))), bpb=total / math.log(2) / sum(self.bytes[d]),
+                           kl=sum(kl[d]) / (per * len(kl[d])) if kl[d] else None, tokens=per * len(w),
+                           window_nll=tuple(nll[d]), window_kl=tuple(kl[d]) if kl[d] else None)
         return out
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its 95% (by default) bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def excludes(self, x: float = 1.0) -> bool:
+        """Whether ``x`` (1.0: a tie between two perplexities) lies outside the interval."""
+        return x < self.low or x > self.high
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def paired_ratio(nll_a: Sequence[float], nll_b: Sequence[float], tokens_per_window: int, n_boot: int = 10_000,
+                 level: float = 0.95, seed: int = 0) -> Interval:
+    """Perplexity of A over perplexity of B on the same windows, with a paired percentile bootstrap.
+
+    ``nll_a[i]``, ``nll_b[i]``: nats of the two models on window ``i`` (same windows, same number of
+    predicted tokens ``tokens_per_window`` each). Resampling whole windows with replacement keeps
+    the pairing (a hard window is hard for both) and the correlation between neighbouring tokens."""
+    a, b = torch.tensor(nll_a, dtype=torch.float64), torch.tensor(nll_b, dtype=torch.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need two equal-length lists of >= 2 per-window NLLs, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if tokens_per_window < 1 or not 0 < level < 1:
+        raise ValueError(f"need tokens_per_window >= 1 and 0 < level < 1, got {tokens_per_window}, {level}")
+    d = (a - b) / tokens_per_window
+    idx = torch.randint(len(d), (n_boot, len(d)), generator=torch.Generator().manual_seed(seed))
+    boots = d[idx].mean(1).exp()
+    tail = (1 - level) / 2
+    low, high = torch.quantile(boots, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return Interval(math.exp(float(d.mean())), low, high)
+
+
+def score_ratio(a: Score, b: Score, **kw) -> Interval:
+    """:func:`paired_ratio` of two scores of the same evaluator and domain (``ppl(a) / ppl(b)``)."""
+    if len(a.window_nll) != len(b.window_nll) or a.tokens != b.tokens:
+        raise ValueError("the two scores come from different evaluations: compare scores of the same windows")
+    return paired_ratio(a.window_nll, b.window_nll, a.tokens // len(a.window_nll), **kw)
 
 
 @torch.inference_mode()

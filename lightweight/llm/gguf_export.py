@@ -6,9 +6,18 @@ llama.cpp's two simplest block formats (gguf-py ``quants.py``; 32 weights per bl
 - ``Q4_0``: an FP16 scale ``d`` then 16 bytes; byte ``j`` holds ``u_j`` in its low nibble and
   ``u_{j+16}`` in its high nibble, ``w = d · (u - 8)``. 18 bytes per block.
 
-Both are symmetric quantization with groups of 32, so our ``quantize_tensor(w, bits, group_size=32)``
-(or GPTQ with groups of 32) gives their integers; only the scale is rounded to FP16. Norms stay F32.
-llama.cpp stores the query and key rows in another order than transformers (its rotary embedding
+Any integers in range fit these blocks (GPTQ's with groups of 32, say); only the scale is rounded
+to FP16. Without given integers, the export rounds as ggml itself does (``quantize_row_q8_0_ref`` and
+``quantize_row_q4_0_ref`` in ggml-quants.c, also in gguf-py), so that our blocks are the bytes llama.cpp's
+own quantizer writes for the same float weights (:func:`quantize_q8_0`, :func:`quantize_q4_0`):
+
+- Q8_0 is our symmetric grid (``d = max|w| / 127``) except for the rounding: ``q = roundf(w · (1/d))``,
+  halves away from zero (``torch.round`` rounds them to even, and ``w / d`` can differ from ``w · (1/d)``);
+- Q4_0 is *not* our symmetric INT4 grid (15 levels, ``d = max|w| / 7``): it uses all 16 levels. ``max``
+  is the weight of largest ``|w|`` with its sign, ``d = max / -8``, so that weight is exactly ``q = -8``
+  and the grid ``d · [-8, 7]`` reaches 8 steps on its side and 7 on the other (clamped at ``u = 15``).
+
+Norms stay F32. llama.cpp stores the query and key rows in another order than transformers (its rotary embedding
 pairs neighbouring dimensions): :func:`permute_qk` does what llama.cpp's converter does.
 """
 
@@ -21,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..quantize import QTensor, quantize_tensor
+from ..quantize import QTensor
 
 FORMATS = ("f32", "f16", "q8_0", "q4_0")
 BLOCK = 32
@@ -54,7 +63,8 @@ def _fp16_scales(qt: QTensor) -> np.ndarray:
 
 
 def q8_0_blocks(qt: QTensor) -> np.ndarray:
-    """Our INT8 ``QTensor`` (groups of 32, symmetric) as Q8_0 bytes ``(rows, n_blocks · 34)`` uint8."""
+    """An INT8 ``QTensor`` (groups of 32, no zero-point: ours or :func:`quantize_q8_0`'s) as Q8_0 bytes
+    ``(rows, n_blocks · 34)`` uint8."""
     _check_blocks(qt, 8)
     rows, cols = qt.q.shape
     q = qt.q.numpy().view(np.uint8).reshape(rows, cols // BLOCK, BLOCK)
@@ -62,12 +72,51 @@ def q8_0_blocks(qt: QTensor) -> np.ndarray:
 
 
 def q4_0_blocks(qt: QTensor) -> np.ndarray:
-    """Our INT4 ``QTensor`` (groups of 32, symmetric) as Q4_0 bytes ``(rows, n_blocks · 18)`` uint8."""
+    """An INT4 ``QTensor`` (groups of 32, no zero-point, integers in ``[-8, 7]``: ours, GPTQ's or
+    :func:`quantize_q4_0`'s) as Q4_0 bytes ``(rows, n_blocks · 18)`` uint8."""
     _check_blocks(qt, 4)
     rows, cols = qt.q.shape
     u = (qt.q.to(torch.int16) + 8).to(torch.uint8).numpy().reshape(rows, cols // BLOCK, BLOCK)
     packed = u[..., : BLOCK // 2] | (u[..., BLOCK // 2:] << 4)
     return np.concatenate([_fp16_scales(qt), packed], axis=-1).reshape(rows, -1)
+
+
+def _blocks_of(w: torch.Tensor) -> torch.Tensor:
+    if w.dim() != 2 or w.shape[1] % BLOCK:
+        raise ValueError(f"expected a 2-D weight whose rows split into blocks of {BLOCK}, got shape {tuple(w.shape)}")
+    x = w.detach().to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("the weight has non-finite values")
+    return x.reshape(w.shape[0], -1, BLOCK)
+
+
+def quantize_q8_0(w: torch.Tensor) -> QTensor:
+    """ggml's Q8_0 rule (``quantize_row_q8_0_ref``), per block of 32 along a row, in FP32:
+    ``d = amax / 127``, ``id = 1/d`` (0 when ``d`` is 0), ``q = roundf(w · id)`` (halves away from zero)."""
+    x = _blocks_of(w)
+    d = x.abs().amax(dim=-1) / 127
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    v = x * inv[..., None]
+    t = torch.trunc(v)
+    q = t + torch.sign(v) * ((v - t).abs() >= 0.5)  # roundf; v - t is exact
+    return QTensor(q.reshape(w.shape).to(torch.int8), d, torch.zeros_like(d), 8, BLOCK)
+
+
+def quantize_q4_0(w: torch.Tensor) -> QTensor:
+    """ggml's Q4_0 rule (``quantize_row_q4_0_ref``), per block of 32 along a row, in FP32: ``max`` is the
+    first value of largest ``|w|`` (sign kept; ``+0.0`` in an all-zero block), ``d = max / -8``,
+    ``id = 1/d`` (0 when ``d`` is 0), ``u = min(15, trunc(w · id + 8.5))`` and ``q = u - 8`` in ``[-8, 7]``.
+    The scale ``d`` is negative when ``max`` is positive (and ``-0.0`` for an all-zero block), as in ggml."""
+    x = _blocks_of(w)
+    a = x.abs()
+    amax = a.amax(dim=-1, keepdim=True)
+    first = a.argmax(dim=-1, keepdim=True)  # the first index of the largest |w|, as ggml's strict `<` finds it
+    top = torch.where(amax > 0, x.gather(-1, first), torch.zeros_like(amax)).squeeze(-1)
+    d = top / -8
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    u = torch.trunc(x * inv[..., None] + 8.5).clamp(max=15)  # two FP32 roundings, as in C (not one fused)
+    q = (u - 8).to(torch.int8)
+    return QTensor(q.reshape(w.shape), d, torch.zeros_like(d), 4, BLOCK)
 
 
 def gguf_dequantized(qt: QTensor) -> torch.Tensor:
@@ -148,9 +197,10 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, fmt: str = "q4_0", so
     """Write a Llama ``model`` (transformers ``LlamaForCausalLM``) to a GGUF file llama.cpp can run.
 
     ``fmt``: ``f32``, ``f16`` (2-D weights in FP16), ``q8_0`` or ``q4_0`` (every block Linear from our
-    integers: ``qtensors[name]`` when given, e.g. GPTQ with groups of 32, else round-to-nearest; the
-    embedding table in Q8_0). The tokenizer and ``general.*`` metadata are copied from the ``source``
-    GGUF (llama.cpp needs a tokenizer to load the file). Written to a temporary file, then renamed."""
+    integers: ``qtensors[name]`` when given, e.g. GPTQ with groups of 32, else ggml's own rounding,
+    :func:`quantize_q8_0` / :func:`quantize_q4_0`; the embedding table in Q8_0). The tokenizer and
+    ``general.*`` metadata are copied from the ``source`` GGUF (llama.cpp needs a tokenizer to load the
+    file). Written to a temporary file, then renamed."""
     gguf = _gguf()
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -179,7 +229,7 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, fmt: str = "q4_0", so
             writer.add_tensor(out_name, (permute_qk(w, heads) if heads else w).half().numpy())
             continue
         bits = 8 if fmt == "q8_0" or name == "model.embed_tokens.weight" else 4
-        qt = qtensors.get(name[: -len(".weight")]) or quantize_tensor(w, bits=bits, group_size=BLOCK)
+        qt = qtensors.get(name[: -len(".weight")]) or (quantize_q8_0 if bits == 8 else quantize_q4_0)(w)
         if heads:
             qt = QTensor(permute_qk(qt.q, heads), permute_qk(qt.scale, heads), permute_qk(qt.zero, heads),
                          qt.bits, qt.group_size)

@@ -132,7 +132,12 @@ def bytes_per_token(shapes: dict[str, tuple[int, int]], fmt: WeightFormat | str,
 def read_bytes_per_token(model: nn.Module) -> int:
     """Bytes of the tensors a decoding step reads from a built model (what is really stored):
     every parameter and buffer once, except that an embedding table contributes one row per token
-    (unless the output head shares it, when it is read in full). Rotary tables are not weights."""
+    (unless the output head shares it, when it is read in full). Rotary tables are not weights.
+    A torch.ao dynamic INT8 layer (``libref.ao_dynamic_int8``, which converts the output head too)
+    keeps its weight packed, outside parameters and buffers: it counts what ``libref.ao_int8_weight``
+    counts (so what its stored size counts), plus its FP32 bias."""
+    from ..libref import ao_int8_weight, is_ao_int8_linear
+
     seen: set[int] = set()
     total = 0
     embeddings = []
@@ -141,6 +146,11 @@ def read_bytes_per_token(model: nn.Module) -> int:
             embeddings.append(module.weight)
             continue
         if name.endswith("rotary_emb"):
+            continue
+        if is_ao_int8_linear(module):
+            bias = module.bias()
+            total += sum(t.numel() * t.element_size() for t in ao_int8_weight(module).values())
+            total += 0 if bias is None else bias.numel() * bias.element_size()
             continue
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             if t is None or t.data_ptr() in seen:
@@ -186,3 +196,4 @@ def flops_per_token(shapes: dict[str, tuple[int, int]]) -> int:
     """Matmul FLOPs of one decoded token: ``2 · out · in`` per matrix (attention over the cache is
     small next to it for short contexts and is left out)."""
     return sum(2 * o * i for o, i in shapes.values())
+

@@ -99,7 +99,7 @@ def bits_per_char(fn: Callable[[float], float]) -> None:
         "bạn chia cho ln 10; một bit ứng với ln 2 nats.": [x / math.log(10) for x in losses],
         "bạn nhân với ln 2; đổi nats sang bit là *chia* cho ln 2 (1 bit = ln 2 ≈ 0,693 nats).": [x * math.log(2) for x in losses],
         "bạn lấy log₂ của loss; đổi đơn vị chỉ là chia loss cho ln 2.": [math.log2(x) for x in losses],
-        "bạn trả về độ bối rối e^loss; đề bài cần bit mỗi ký tự: loss / ln 2.": [math.exp(x) for x in losses],
+        "bạn trả về perplexity e^loss; đề bài cần bit mỗi ký tự: loss / ln 2.": [math.exp(x) for x in losses],
     }, close)
     for x, g in zip(losses, got):
         if not close(g, x / math.log(2)):

@@ -72,7 +72,7 @@ def _q4_0_mistakes(q: torch.Tensor, d: float) -> dict[str, bytes]:
 def q4_0_block(fn: Callable[[torch.Tensor, float], bytes]) -> None:
     for seed in (0, 1, 2):
         w = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed))
-        qt = Q.quantize_tensor(w, bits=4, group_size=32)
+        qt = G.quantize_q4_0(w)  # llama.cpp's own integers: all 16 levels, q = -8 included (u = 0)
         q, d = qt.q[0].clone(), float(qt.scale[0, 0])
         want = G.q4_0_blocks(qt).tobytes()
         got = call(fn, q, d, names=["q", "d"])
