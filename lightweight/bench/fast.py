@@ -84,7 +84,6 @@ def fast_rows(ctx: BenchContext) -> list[dict]:
     batched = prompt.expand(BIG_BATCH, -1).contiguous()
     rate8 = fast.interleaved_rates({n: fast.generator(m, batched, NEW_TOKENS, eos) for n, m in paths.items()},
                                    NEW_TOKENS * BIG_BATCH, rounds)
-    shapes = R.linear_shapes(model)
     read = read_bytes(paths)
     sizes = _sizes(model, paths)
     evaluator = Evaluator(model, tokenizer, n_windows=8, kl_windows=2)  # 8 of chapter 6's 64 windows
