@@ -303,9 +303,44 @@ def w8a8_(model: nn.Module, ranges: dict[str, ActivationRange], method: str = "m
 
 
 # ----------------------------------------------------------------------------- GPTQ
+def group_grid(w: torch.Tensor, bits: int, symmetric: bool = True, shrink: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero-point ``(...,)`` of each group ``w`` ``(..., g)`` for ``w ≈ (q − z)·s``.
+
+    Without ``shrink``, the round-to-nearest grid of :func:`quantize_tensor` (the group's max, or its
+    min and max, map to the ends of the integer range). With ``shrink = n > 0``, the range is also
+    shrunk by factors ``1 − i/100`` for ``i < n`` (clipping the largest weights) and each group keeps
+    the factor with the smallest ``Σ |w − ŵ|^2.4`` (the grid search of the GPTQ reference code).
+    """
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        hi = w.abs().amax(dim=-1)
+        lo = -hi
+    else:
+        lo, hi = w.amin(dim=-1).clamp(max=0), w.amax(dim=-1).clamp(min=0)
+    best = None
+    for i in range(max(shrink, 1)):
+        f = 1 - i / 100
+        scale = ((f * hi / qmax) if symmetric else (f * (hi - lo) / (qmax - qmin))).clamp_min(1e-12)
+        zero = torch.zeros_like(scale) if symmetric else qmin - torch.round(f * lo / scale)
+        if best is None:
+            best = scale, zero, None
+            if shrink <= 1:
+                break
+        q = torch.clamp(torch.round(w / scale[..., None]) + zero[..., None], qmin, qmax)
+        err = ((q - zero[..., None]) * scale[..., None] - w).abs().pow(2.4).sum(dim=-1)
+        if best[2] is None:
+            best = scale, zero, err
+        else:
+            better = err < best[2]
+            best = (torch.where(better, scale, best[0]), torch.where(better, zero, best[1]),
+                    torch.where(better, err, best[2]))
+    return best[0], best[1]
+
+
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int | None = 128,
-                  damp: float = 0.01, block_size: int = 128, act_order: bool = False) -> QTensor:
+                  damp: float = 0.01, block_size: int = 128, act_order: bool = False, symmetric: bool = True,
+                  shrink: int = 0) -> QTensor:
     """GPTQ (Frantar et al. 2022) on one weight ``(out, in)`` with ``H = X X^T`` ``(in, in)``.
 
     Columns are quantized one at a time (symmetric round-to-nearest), and each column's rounding
@@ -313,6 +348,8 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
     in blocks of ``block_size`` columns. Without ``act_order`` a group's scales are computed from the
     already-updated weights when the group starts; with ``act_order`` columns go by decreasing
     ``H_jj`` and the group scales are computed up front from the original weights ("static groups").
+    ``symmetric=False`` gives each group a zero-point (all ``2^b`` levels); ``shrink`` searches a
+    clipping factor per group (:func:`group_grid`).
     """
     _check_float(weight, "weight")
     _check_bits(bits)
@@ -324,15 +361,15 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
         raise ValueError(f"group_size {group_size} must be a positive divisor of the input dimension {cols}")
     if not act_order and block_size % g and g % block_size:
         raise ValueError(f"group_size {g} and block_size {block_size} must divide one another")
-    qmin, qmax = qrange(bits)
+    qmin, qmax = qrange(bits, symmetric)
     W = weight.detach().float().clone()
     H = H.double().clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    scale = torch.zeros(rows, cols // g)
+    scale, zero = torch.zeros(rows, cols // g), torch.zeros(rows, cols // g)
     if act_order:
-        scale = (W.view(rows, -1, g).abs().amax(dim=2) / qmax).clamp_min(1e-12)
+        scale, zero = group_grid(W.view(rows, -1, g), bits, symmetric, shrink)
         perm = torch.argsort(H.diagonal(), descending=True)
     else:
         perm = torch.arange(cols)
@@ -349,22 +386,22 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
             col = i1 + j
             if not act_order and col % g == 0:  # a new group: scales from the current weights
                 span = W1[:, j:j + g] if g <= i2 - col else torch.cat([W1[:, j:], W[:, i2:col + g]], dim=1)
-                scale[:, col // g] = (span.abs().amax(dim=1) / qmax).clamp_min(1e-12)
-            s = scale[:, group_of[col]]
+                scale[:, col // g], zero[:, col // g] = group_grid(span, bits, symmetric, shrink)
+            s, z = scale[:, group_of[col]], zero[:, group_of[col]]
             w = W1[:, j]
-            q = torch.clamp(torch.round(w / s), qmin, qmax)
-            err = (w - q * s) / Hinv1[j, j]
+            q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
+            err = (w - (q - z) * s) / Hinv1[j, j]
             W1[:, j:] -= err[:, None] * Hinv1[j, j:][None, :]
             Q[:, col] = q
             Err1[:, j] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     q_int = Q[:, torch.argsort(perm)].to(torch.int8)
-    return QTensor(q_int, scale, torch.zeros_like(scale), bits, g)
+    return QTensor(q_int, scale, zero, bits, g)
 
 
 @torch.no_grad()
 def gptq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4, group_size: int | None = 128,
-          act_order: bool = False, skip: Iterable[str] = ()) -> nn.Module:
+          act_order: bool = False, skip: Iterable[str] = (), symmetric: bool = True, shrink: int = 0) -> nn.Module:
     """Quantize every ``nn.Linear`` of ``model`` with GPTQ (statistics from the FP32 model, one shot)
     and replace it by a :class:`QuantizedLinear`, in place."""
     names = [n for n in prunable_layers(model, (nn.Linear,)) if n not in set(skip)]
@@ -372,7 +409,8 @@ def gptq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4
     if any(s.n == 0 for s in stats.values()):
         raise ValueError("calibration data is empty: run_calibration() did not call every Linear")
     layers = prunable_layers(model, (nn.Linear,))
-    qts = {n: gptq_quantize(layers[n].weight, stats[n].H, bits, group_size, act_order=act_order) for n in names}
+    qts = {n: gptq_quantize(layers[n].weight, stats[n].H, bits, group_size, act_order=act_order, symmetric=symmetric,
+                            shrink=shrink) for n in names}
     return replace_linears(model, lambda n, lin: QuantizedLinear(lin, qtensor=qts[n]), skip)
 
 

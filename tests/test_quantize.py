@@ -117,6 +117,35 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
         Q.gptq_quantize(W, torch.eye(3), 4, 32)
 
 
+def test_gptq_zero_points_and_clipping_search_lower_the_output_error():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(4096, 128, generator=g) @ torch.randn(128, 128, generator=g)
+    W = torch.randn(64, 128, generator=g) + 0.5  # shifted rows: a symmetric grid wastes levels
+    H = (X.T @ X).double()
+    err = lambda Wq: float(((X @ W.T - X @ Wq.T) ** 2).mean())  # noqa: E731
+    for act_order in (False, True):
+        sym = err(Q.gptq_quantize(W, H, 4, 32, act_order=act_order).dequantize())
+        qt = Q.gptq_quantize(W, H, 4, 32, act_order=act_order, symmetric=False)
+        assert qt.q.min() >= -8 and qt.q.max() <= 7 and int(qt.q.min()) == -8  # all 16 levels in use
+        assert err(qt.dequantize()) < 0.8 * sym
+        clipped = Q.gptq_quantize(W, H, 4, 32, act_order=act_order, symmetric=False, shrink=20)
+        assert clipped.q.min() >= -8 and clipped.q.max() <= 7 and err(clipped.dequantize()) < 0.8 * sym
+
+
+def test_group_grid_search_never_loses_to_the_full_range_and_keeps_rtn_without_shrink():
+    w = torch.randn(16, 4, 32, generator=torch.Generator().manual_seed(1))
+    w[:, :, 0] *= 8  # one large weight per group: clipping it pays off
+    for symmetric in (True, False):
+        s0, z0 = Q.group_grid(w, 4, symmetric)
+        ref = Q.quantize_tensor(w.reshape(16, 128), 4, 32, symmetric)
+        assert torch.allclose(s0, ref.scale.view(16, 4)) and torch.equal(z0, ref.zero.view(16, 4))
+        s, z = Q.group_grid(w, 4, symmetric, shrink=50)
+        qmin, qmax = Q.qrange(4, symmetric)
+        err = lambda s, z: ((torch.clamp(torch.round(w / s[..., None]) + z[..., None], qmin, qmax)  # noqa: E731
+                             - z[..., None]) * s[..., None] - w).abs().pow(2.4).sum(-1)
+        assert bool((err(s, z) <= err(s0, z0) + 1e-4).all()) and bool((s < s0).any())
+
+
 def test_fp8_and_fbgemm():
     vals = Q.fp8_values("e4m3")
     assert vals.max() == 448 and vals.min() == -448 and Q.fp8_values("e5m2").max() == 57344
