@@ -140,10 +140,9 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- weight-only module
 class QuantizedLinear(nn.Module):
     """Weight-only quantized ``nn.Linear``: integers (packed two per byte at 4 bits or fewer when
-    ``in_features`` is even) and
-    FP16 scales as buffers; ``forward`` dequantizes and runs a float linear. ``(..., in) -> (..., out)``.
-
-    Symmetric quantization, so no zero-points are stored.
+    ``in_features`` is even), FP16 scales and, only when some group has one, INT8 zero-points
+    ``(out, n_groups)`` as buffers; ``forward`` dequantizes ``(q − z)·s`` and runs a float linear.
+    ``(..., in) -> (..., out)``.
     """
 
     def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int | None = None,
@@ -151,18 +150,22 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         qt = qtensor or quantize_tensor(linear.weight if weight is None else weight, bits, group_size)
-        if not bool((qt.zero == 0).all()):
-            raise ValueError("QuantizedLinear stores symmetric quantization only (zero-points must be 0)")
+        if not bool((qt.zero == qt.zero.round()).all()):
+            raise ValueError("zero-points must be integers")
         self.bits, self.group_size = qt.bits, qt.group_size
         self.register_buffer("qweight", pack_int4(qt.q) if qt.bits <= 4 and self.in_features % 2 == 0 else qt.q)
         self.register_buffer("scale", qt.scale.to(torch.float16))
+        self.register_buffer("zero", qt.zero.to(torch.int8) if bool((qt.zero != 0).any()) else None)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def weight(self) -> torch.Tensor:
         q = unpack_int4(self.qweight) if self.qweight.dtype == torch.uint8 else self.qweight
         out = self.out_features
         g = self.group_size
-        return (q.float().view(out, -1, g) * self.scale.float()[..., None]).view(out, self.in_features)
+        q = q.float().view(out, -1, g)
+        if self.zero is not None:
+            q = q - self.zero.float()[..., None]
+        return (q * self.scale.float()[..., None]).view(out, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight().to(x.dtype), self.bias)

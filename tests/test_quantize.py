@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from lightweight import quantize as Q
+from lightweight.llm import lowbit
 
 
 def test_pack_int4_roundtrip_is_exhaustive():
@@ -71,6 +72,18 @@ def test_quantized_linear_and_quantize_():
     assert set(state) == {"0.qweight", "0.scale", "0.bias", "2.qweight", "2.scale", "2.bias"}
     with pytest.raises(ValueError, match="no nn.Linear"):
         Q.quantize_(nn.Sequential(nn.ReLU()))
+
+
+def test_quantized_linear_stores_zero_points_only_when_it_has_them():
+    lin = nn.Linear(64, 16)
+    qt = Q.quantize_tensor(lin.weight + 0.3, 4, 32, symmetric=False)  # shifted rows: non-zero zero-points
+    q = Q.QuantizedLinear(lin, qtensor=qt)
+    assert q.zero.dtype == torch.int8 and q.zero.shape == (16, 2)
+    assert torch.allclose(q.weight(), qt.dequantize(), atol=1e-2 * float(qt.scale.max()))  # FP16 scales
+    assert torch.equal(lowbit.qtensor_of(q).zero, qt.zero) and "zero" in q.state_dict()
+    assert Q.QuantizedLinear(lin, 4, 32).zero is None  # symmetric: nothing extra stored
+    with pytest.raises(ValueError, match="integers"):
+        Q.QuantizedLinear(lin, qtensor=Q.QTensor(qt.q, qt.scale, qt.zero + 0.5, 4, 32))
 
 
 def test_percentile_and_calibration():

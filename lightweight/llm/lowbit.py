@@ -38,12 +38,13 @@ def _check_act_dtype(act_dtype: torch.dtype) -> None:
 
 
 def qtensor_of(module: QuantizedLinear) -> QTensor:
-    """The ``QTensor`` (integers, scales, zero-points 0) that a :class:`QuantizedLinear` stores."""
+    """The ``QTensor`` (integers, scales, zero-points: 0 where none is stored) that a :class:`QuantizedLinear` stores."""
     if not isinstance(module, QuantizedLinear):
         raise TypeError(f"expected a QuantizedLinear, got {type(module).__name__}")
     q = unpack_int4(module.qweight) if module.qweight.dtype == torch.uint8 else module.qweight
     scale = module.scale.float()
-    return QTensor(q, scale, torch.zeros_like(scale), module.bits, module.group_size)
+    zero = torch.zeros_like(scale) if module.zero is None else module.zero.float()
+    return QTensor(q, scale, zero, module.bits, module.group_size)
 
 
 class _LowBitLinear(nn.Module):
