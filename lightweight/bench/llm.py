@@ -44,6 +44,7 @@ from .core import BenchContext, row, sync_results
 MODEL = "smollm2-135m"
 CAL_SEEDS = (1, 2)  # besides seed 0: the seed rows of GPTQ, AWQ and SparseGPT
 CAL_WINDOWS = 64  # 64 x 256 = 16,384 calibration tokens, both domains in turn
+CLIP_GRID = 80  # GPTQ's clipping search: range factors 1.00, 0.99, ..., 0.21 per group (as the GPTQ reference code)
 DEPTH_DROP = 6  # of 30 blocks
 STUDENT_KEEP = tuple(range(0, 30, 2))  # 15 blocks
 STUDENT_STEPS = 120
@@ -55,6 +56,8 @@ WINDOWS_PATH = RESULT_PATH.with_name("llm_windows.json")
 COMPARISONS = (
     ("int4-gptq-g64", "int4-awq-g64", "GPTQ so với AWQ, INT4 nhóm 64"),
     ("int4-gptq-g64", "int4-rtn-g64", "GPTQ so với RTN, INT4 nhóm 64"),
+    ("int4-gptq-asym-clip-g64", "int4-gptq-g64", "GPTQ INT4 nhóm 64: có điểm không và dò ngưỡng kẹp so với đối xứng"),
+    ("int4-gptq-asym-clip-g32", "int4-gptq-asym-clip-g64", "GPTQ INT4 có điểm không và dò ngưỡng kẹp: nhóm 32 so với nhóm 64"),
     ("int4-awq-g64", "int4-rtn-g64", "AWQ so với RTN, INT4 nhóm 64"),
     ("int3-gptq-g64", "int3-awq-g64", "GPTQ so với AWQ, INT3 nhóm 64"),
     ("sparsegpt-50", "wanda-50", "SparseGPT so với Wanda, thưa 50%"),
@@ -107,12 +110,15 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
     gptq4 = lambda blk, r: Q.gptq_(blk, r, 4, 64, act_order=True)  # noqa: E731
     awq4 = lambda blk, r: Q.awq_(blk, r, 4, 64)  # noqa: E731
     sparsegpt50 = lambda blk, r: P.prune_oneshot_(blk, 0.5, "sparsegpt", r)  # noqa: E731
+    gptq4z = lambda g: lambda blk, r: Q.gptq_(blk, r, 4, g, act_order=True, symmetric=False, shrink=CLIP_GRID)  # noqa: E731
     yield "int8-rtn-channel", q(lambda m: Q.quantize_(m, 8, None, skip=skip)), "none", dict(bits=8)
     for fmt in ("e4m3", "e5m2"):
         yield f"fp8-{fmt}", q(lambda m, f=fmt: _fp8_(m, f, skip)), "none", dict(bits=8)
     yield "int4-rtn-g64", q(lambda m: Q.quantize_(m, 4, 64, skip=skip)), "none", dict(bits=4, group_size=64)
     yield "int4-gptq-g64", blockwise(gptq4), "calibration", dict(bits=4, group_size=64, seed=0)
     yield "int4-awq-g64", blockwise(awq4), "calibration", dict(bits=4, group_size=64, seed=0)
+    for g in (64, 32):
+        yield f"int4-gptq-asym-clip-g{g}", blockwise(gptq4z(g)), "calibration", dict(bits=4, group_size=g, seed=0)
     yield "magnitude-50", q(lambda m: P.prune_oneshot_(m, 0.5, "magnitude", skip=skip)), "none", dict(sparsity=0.5)
     yield "wanda-50", blockwise(lambda blk, r: P.prune_oneshot_(blk, 0.5, "wanda", r)), "calibration", dict(sparsity=0.5)
     yield "sparsegpt-50", blockwise(sparsegpt50), "calibration", dict(sparsity=0.5, seed=0)
@@ -120,6 +126,8 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
         yield f"int4-gptq-g64-seed{seed}", blockwise(gptq4, c), "calibration", dict(bits=4, group_size=64, seed=seed)
         yield f"int4-awq-g64-seed{seed}", blockwise(awq4, c), "calibration", dict(bits=4, group_size=64, seed=seed)
         yield f"sparsegpt-50-seed{seed}", blockwise(sparsegpt50, c), "calibration", dict(sparsity=0.5, seed=seed)
+        yield f"int4-gptq-asym-clip-g32-seed{seed}", blockwise(gptq4z(32), c), "calibration", \
+            dict(bits=4, group_size=32, seed=seed)
     yield "int8-ao-dynamic", lambda: ao_dynamic_int8(fp32), "none", dict(bits=8)
     yield "int8-ao-dynamic-keephead", lambda: ao_dynamic_int8(fp32, skip=skip), "none", dict(bits=8)
     yield "int8-fbgemm-keephead", q(lambda m: Q.fbgemm_int8_(m, skip, seven_bit=True)), "none", dict(bits=8)
@@ -366,7 +374,7 @@ def comparisons_table(rows: list[dict], windows: dict) -> str:
         lines.append(f"| {what}: `{a}` so với `{b}` | {cells[0]} | {cells[1]} | {'; '.join(verdict)} |")
     lines += ["", "| cấu hình | số seed hiệu chỉnh | PPL so với FP32, Shakespeare (thấp nhất … cao nhất) "
               "| PPL so với FP32, diễn văn (thấp nhất … cao nhất) |", "|---|---|---|---|"]
-    for m in ("int4-gptq-g64", "int4-awq-g64", "sparsegpt-50"):
+    for m in ("int4-gptq-g64", "int4-awq-g64", "int4-gptq-asym-clip-g32", "sparsegpt-50"):
         try:
             spread = {d: seed_spread(rows, m, d) for d in DOMAINS}
         except KeyError:
