@@ -117,7 +117,7 @@ def test_llm_tables_show_intervals_and_say_only_what_they_allow():
     gptq_line = next(line for line in table.splitlines() if line.startswith("| `int4-gptq-g64` |"))
     assert "[+" in gptq_line and "%;" in gptq_line  # change from FP32 and its interval, decimal comma kept apart
     comparisons = B.comparisons_table(rows, windows)
-    line = next(line for line in comparisons.splitlines() if "GPTQ vs AWQ, INT4" in line)
+    line = next(line for line in comparisons.splitlines() if "GPTQ so với AWQ, INT4" in line)
     assert "không phân biệt được" in line  # the same shift: the interval must contain 1
     lo, hi, n = B.seed_spread(rows, "int4-gptq-g64", "sotu")
     assert n == 3 and 1.08 < lo < hi < 1.13

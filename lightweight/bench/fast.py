@@ -92,15 +92,6 @@ def read_bytes(paths: dict) -> dict[str, int]:
     return read | {n: read[same] for n, same in SAME_LAYOUT.items() if n in paths}
 
 
-
-def read_bytes(paths: dict) -> dict[str, int]:
-    """Bytes read per decoded token by each built path, counted from the tensors it stores (torchao's
-    subclasses: those of our path with the same layout). ``torch.ao-int8-dynamic`` converts every
-    ``nn.Linear``, the output head included, so its head is read in INT8, as its stored size counts it."""
-    read = {n: R.read_bytes_per_token(m) for n, m in paths.items() if n not in SAME_LAYOUT}
-    return read | {n: read[same] for n, same in SAME_LAYOUT.items() if n in paths}
-
-
 @dataclass(frozen=True)
 class _Path:
     """What a timed path's rows say about it besides its measurements."""

@@ -51,24 +51,24 @@ STUDENT_WINDOWS = 512  # 512 x 128 training tokens from the calibration splits
 STUDENT_LR = 3e-4
 RESULT_PATH = Path(__file__).resolve().parents[2] / "book" / "bench" / "llm.json"
 WINDOWS_PATH = RESULT_PATH.with_name("llm_windows.json")
-# Pairs the chapter compares: (A, B, what A vs B means); ppl(A) / ppl(B) with its interval, per domain.
+# Pairs the chapter compares: (A, B, the pair in the book's words); ppl(A) / ppl(B) with its interval, per domain.
 COMPARISONS = (
-    ("int4-gptq-g64", "int4-awq-g64", "GPTQ vs AWQ, INT4 g64"),
-    ("int4-gptq-g64", "int4-rtn-g64", "GPTQ vs RTN, INT4 g64"),
-    ("int4-awq-g64", "int4-rtn-g64", "AWQ vs RTN, INT4 g64"),
-    ("int3-gptq-g64", "int3-awq-g64", "GPTQ vs AWQ, INT3 g64"),
-    ("sparsegpt-50", "wanda-50", "SparseGPT vs Wanda, 50%"),
-    ("wanda-50", "magnitude-50", "Wanda vs magnitude, 50%"),
-    ("sparsegpt-2:4", "wanda-2:4", "SparseGPT vs Wanda, 2:4"),
-    ("fp8-e4m3", "int8-rtn-channel", "FP8 E4M3 vs INT8, per row"),
-    ("fp8-e4m3", "fp8-e5m2", "FP8 E4M3 vs E5M2"),
-    ("int8-ao-dynamic", "int8-ao-dynamic-keephead", "torch.ao: lm_head INT8 vs FP32"),
-    ("int8-fbgemm-keephead", "int8-fbgemm-fullrange-keephead", "fbgemm: 7-bit vs 8-bit activations"),
-    ("int8-fbgemm-fullrange-keephead", "int8-dynamic-token-keephead", "8-bit activations: per tensor vs per token"),
-    ("kd-halfdepth", "text-halfdepth", "half depth: distillation vs text"),
-    ("combo-depth6-gptq4-emb8", "structured-depth6", "depth 6 + GPTQ4 vs depth 6 alone"),
-    ("int3-gptq-g64-cal-shakespeare", "int3-gptq-g64-cal-sotu", "GPTQ INT3 calibrated on Shakespeare vs speeches"),
-    ("sparsegpt-50-cal-shakespeare", "sparsegpt-50-cal-sotu", "SparseGPT 50% calibrated on Shakespeare vs speeches"),
+    ("int4-gptq-g64", "int4-awq-g64", "GPTQ so với AWQ, INT4 nhóm 64"),
+    ("int4-gptq-g64", "int4-rtn-g64", "GPTQ so với RTN, INT4 nhóm 64"),
+    ("int4-awq-g64", "int4-rtn-g64", "AWQ so với RTN, INT4 nhóm 64"),
+    ("int3-gptq-g64", "int3-awq-g64", "GPTQ so với AWQ, INT3 nhóm 64"),
+    ("sparsegpt-50", "wanda-50", "SparseGPT so với Wanda, thưa 50%"),
+    ("wanda-50", "magnitude-50", "Wanda so với độ lớn, thưa 50%"),
+    ("sparsegpt-2:4", "wanda-2:4", "SparseGPT so với Wanda, 2:4"),
+    ("fp8-e4m3", "int8-rtn-channel", "FP8 E4M3 so với INT8, theo hàng"),
+    ("fp8-e4m3", "fp8-e5m2", "FP8 E4M3 so với E5M2"),
+    ("int8-ao-dynamic", "int8-ao-dynamic-keephead", "torch.ao: lm_head INT8 so với FP32"),
+    ("int8-fbgemm-keephead", "int8-fbgemm-fullrange-keephead", "fbgemm: kích hoạt 7 bit so với 8 bit"),
+    ("int8-fbgemm-fullrange-keephead", "int8-dynamic-token-keephead", "kích hoạt 8 bit: một thang đo cho cả tensor so với cho mỗi token"),
+    ("kd-halfdepth", "text-halfdepth", "nửa chiều sâu: chưng cất so với học từ văn bản"),
+    ("combo-depth6-gptq4-emb8", "structured-depth6", "bỏ 6 khối + GPTQ INT4 so với chỉ bỏ 6 khối"),
+    ("int3-gptq-g64-cal-shakespeare", "int3-gptq-g64-cal-sotu", "GPTQ INT3 hiệu chỉnh trên Shakespeare so với trên diễn văn"),
+    ("sparsegpt-50-cal-shakespeare", "sparsegpt-50-cal-sotu", "SparseGPT 50% hiệu chỉnh trên Shakespeare so với trên diễn văn"),
 )
 
 
@@ -350,7 +350,7 @@ def comparisons_table(rows: list[dict], windows: dict) -> str:
     """Markdown, in Vietnamese: each pair of :data:`COMPARISONS` as ``ppl(A) / ppl(B)`` with its 95%
     interval on both domains and what the interval allows one to say; then the spread over seeds."""
     domain_vi = {"shakespeare": "Shakespeare", "sotu": "diễn văn"}
-    lines = ["| so sánh (A vs B) | PPL A / PPL B, Shakespeare (KTC 95%) | PPL A / PPL B, diễn văn (KTC 95%) | kết luận |",
+    lines = ["| so sánh (A so với B) | PPL A / PPL B, Shakespeare (KTC 95%) | PPL A / PPL B, diễn văn (KTC 95%) | kết luận |",
              "|---|---|---|---|"]
     for a, b, what in COMPARISONS:
         if a not in windows["nll"] or b not in windows["nll"]:
@@ -363,7 +363,7 @@ def comparisons_table(rows: list[dict], windows: dict) -> str:
             else:
                 verdict.append(f"{'A' if ci.high < 1 else 'B'} tốt hơn trên {domain_vi[d]}")
         cells = [f"{_num(c.value, 3)} [{_num(c.low, 3)}; {_num(c.high, 3)}]" for c in cis.values()]
-        lines.append(f"| {what}: `{a}` vs `{b}` | {cells[0]} | {cells[1]} | {'; '.join(verdict)} |")
+        lines.append(f"| {what}: `{a}` so với `{b}` | {cells[0]} | {cells[1]} | {'; '.join(verdict)} |")
     lines += ["", "| cấu hình | số seed hiệu chỉnh | PPL so với FP32, Shakespeare (thấp nhất … cao nhất) "
               "| PPL so với FP32, diễn văn (thấp nhất … cao nhất) |", "|---|---|---|---|"]
     for m in ("int4-gptq-g64", "int4-awq-g64", "sparsegpt-50"):
