@@ -356,7 +356,7 @@ def test_benchmark_rows_keep_absolute_rates_and_what_the_bound_needs_and_the_tab
     assert all("bandwidth_gbs" in r["setting"] for r in rows)
     table = B.fast_table(rows, "test machine")
     assert table.count("**Bảng") == 4 and "C = 2048" in table and "`int4-aten-ours-g32-compile`" in table
-    assert "| `int4-aten-ours-g32` | 1 | " in table and "1,20 / 1,20" in table  # ppl ratio 24 / 20
+    assert "| `int4-aten-ours-g32` | 1 | " in table and "1,20 [1,14–1,26] / 1,20 [1,14–1,26]" in table  # ppl ratio 24 / 20, CI 24/21…24/19
     assert max(len(line.split("|")) - 2 for line in table.splitlines() if line.startswith("|")) <= 6  # phone-sized
     with pytest.raises(ValueError, match="no tg rows"):
         B.fast_table([r for r in rows if r["metric"] != "tg"])

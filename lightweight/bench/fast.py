@@ -274,6 +274,12 @@ def _num(v: float | None, digits: int) -> str:
     return "—" if v is None else f"{v:,.{digits}f}".replace(",", "_").replace(".", ",").replace("_", ".")
 
 
+def _ratio(r: dict) -> str:
+    """A ``metric: ppl`` row's perplexity ratio to FP32 with its 95% interval, e.g. ``1,17 [1,15–1,19]``."""
+    st = r["setting"]
+    return f"{_num(r['value'] / r['baseline'], 2)} [{_num(st['ratio_low'], 2)}–{_num(st['ratio_high'], 2)}]"
+
+
 def _pct(r: dict) -> str:
     """A tg row's share of its bound (recomputable from the row: bandwidth, weight and KV bytes)."""
     return f"{r['value'] / r['setting']['bound_tokens_per_s']:.0%}"
@@ -308,17 +314,17 @@ def _main_table(tg: dict, pp: dict, ppl: dict) -> list[str]:
     every = max(k[2] for k in tg)
     short = min(k[3] for k in tg if k[1] == 1)
     lines = ["", f"**Bảng 1.** Mọi đường chạy: ngữ cảnh {short} token, lô 1, {every} luồng.", "",
-             "| cấu hình | tg (token/s) | × FP32 | % trần | pp (token/s) | PPL × FP32 (Shakespeare / diễn văn) |",
+             "| cấu hình | tg (token/s) | × FP32 | % trần | pp (token/s) | PPL × FP32 [KTC 95%] (Shakespeare / diễn văn) |",
              "|---|---|---|---|---|---|"]
     ratios = lambda method: [ppl.get((method, d)) for d in ("shakespeare", "sotu")]  # noqa: E731
     for method, *_ in [k for k in tg if k[1:] == (1, every, short)]:
         r, p, q = tg[(method, 1, every, short)], pp.get((method, 1, every, short)), ratios(method)
-        quality = " / ".join(_num(x["value"] / x["baseline"], 2) for x in q) if all(q) else "—"
+        quality = " / ".join(_ratio(x) for x in q) if all(q) else "—"
         lines.append(f"| `{method}` | {_spread(r)} | {_num(r['speed_ratio'], 2)} | {_pct(r)} | "
                      f"{_num(p and p['value'], 0)} | {quality} |")
     if all(rtn := ratios("int4-aten-rtn-g32")):
         lines.append("| `int4-aten-rtn-g32` (chỉ chất lượng) | — | — | — | — | "
-                     f"{' / '.join(_num(x['value'] / x['baseline'], 2) for x in rtn)} |")
+                     f"{' / '.join(_ratio(x) for x in rtn)} |")
     return lines
 
 
