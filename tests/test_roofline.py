@@ -111,3 +111,39 @@ def _smollm2_config():
     # SmolLM2-135M's config.json: 30 layers, hidden 576, 9 query heads, 3 key-value heads (head_dim 64)
     return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192)
+
+
+def test_kv_cache_bytes_of_smollm2():
+    cfg = _smollm2_config()
+    assert R.kv_shape(cfg) == R.KVShape(layers=30, kv_heads=3, head_dim=64)
+    assert R.kv_bytes_per_token(cfg) == 2 * 30 * 3 * 64 * 4 == 46_080
+    assert R.kv_bytes_per_token(cfg, torch.bfloat16) == R.kv_bytes_per_token(cfg, 2) == 23_040
+    assert R.kv_cache_bytes(cfg, 4096, torch.bfloat16) == 4096 * 23_040  # 94 MB: more than the INT4 weights
+    assert R.kv_cache_bytes(cfg, 0) == 0
+    # a model (its .config) works too; without num_key_value_heads every head is cached
+    from types import SimpleNamespace
+
+    mha = SimpleNamespace(num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
+    assert R.kv_shape(SimpleNamespace(config=mha)) == R.KVShape(2, 4, 16)
+    with pytest.raises(ValueError):
+        R.kv_cache_bytes(cfg, -1)
+    with pytest.raises(ValueError):
+        R.kv_bytes_per_token(cfg, 0)
+
+
+def test_bytes_and_bound_with_the_cache_and_where_it_overtakes_the_weights():
+    assert R.decode_bytes_per_token(1000, 10, 0) == 1000
+    assert R.decode_bytes_per_token(1000, 10, 50) == 1500
+    assert R.context_bound(1e9, 1e6, 0, 20) == pytest.approx(20.0)
+    assert R.context_bound(1e9, 1e6, 1000, 20) == pytest.approx(10.0)  # the cache doubles the bytes
+    assert R.context_bound(1e9, 1e6, 1000, 20, batch=4) == pytest.approx(4 * 20 / 5)  # one read of weights, 4 caches
+    assert R.cache_overtakes_weights(1000, 10) == 101  # 100 tokens: equal; 101: the cache is larger
+    assert R.cache_overtakes_weights(1001, 10) == 101
+    # SmolLM2: aten INT4 g32 everywhere (84,049,920 bytes) with a BF16 cache; FP32 with an FP32 cache
+    assert R.cache_overtakes_weights(84_049_920, 23_040) == 3649
+    assert R.cache_overtakes_weights(R.bytes_per_token({"w": (64, 64)}, "fp32"), 46_080) == 1
+    assert R.cache_overtakes_weights(537_919_488, 46_080) == 11_674  # beyond the 8,192-token context
+    with pytest.raises(ValueError):
+        R.cache_overtakes_weights(1000, 0)
+    with pytest.raises(ValueError):
+        R.context_bound(1e9, 1e6, 10, 20, batch=0)

@@ -18,19 +18,25 @@ from ..machine import describe
 CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine", "llm", "fast")
 MODELS = ("digits-cnn", "tinygpt", "minilm", "smollm2-135m")
 METRICS = ("accuracy", "val_loss", "cosine", "top10", "ppl", "bpb", "kl")
+SPEED_METRICS = ("pp", "tg")  # tokens/s of prompt processing and of text generation (chapter 7), not quality
 FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "structured",
             "svd", "asvd", "kd", "scratch", "combo", "int3", "text", "bf16", "fp16")
 SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch",
                 "train_size", "minutes",
                 "domain", "calibration", "blocks", "steps", "runtime", "bound_tokens_per_s", "same_runtime_speed_ratio",
-                "seed", "ratio_low", "ratio_high"}
+                "seed", "ratio_low", "ratio_high",
+                # chapter 7's timing rows: threads used, tokens of context before the timed ones, tokens timed
+                # (prompt or new), spread of tokens/s over the rounds, measured bandwidth and bytes read per step
+                "threads", "context", "tokens", "rounds", "tokens_per_s_low", "tokens_per_s_high", "bandwidth_gbs",
+                "weight_bytes", "kv_bytes_per_token"}
 NEEDS = ("none", "calibration", "training")  # what producing the compressed model takes besides the model
 
 # How the book's table (in Vietnamese) names chapters, models, metrics and needs.
 CHAPTER_NUMBERS = {name: i for i, name in enumerate(CHAPTERS)}
 MODELS_VI = {"digits-cnn": "CNN chữ số", "tinygpt": "TinyGPT", "minilm": "MiniLM", "smollm2-135m": "SmolLM2-135M"}
 METRICS_VI = {"accuracy": "độ chính xác (%)", "val_loss": "loss kiểm định", "cosine": "cosine", "top10": "top-10",
-              "ppl": "perplexity", "bpb": "bit trên byte", "kl": "KL (nat/token)"}
+              "ppl": "perplexity", "bpb": "bit trên byte", "kl": "KL (nat/token)",
+              "pp": "xử lý lời nhắc (token/s)", "tg": "sinh văn bản (token/s)"}
 NEEDS_VI = {"none": "không gì", "calibration": "dữ liệu hiệu chỉnh", "training": "huấn luyện lại"}
 
 
@@ -53,8 +59,8 @@ def row(
         raise ValueError(f"method {method!r} must start with a family: {FAMILIES}")
     if model not in MODELS and not model.startswith("torchvision-") and not model.startswith("mlp-"):
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS} or a timing-only model")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if metric not in METRICS + SPEED_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS + SPEED_METRICS}")
     if needs not in NEEDS:
         raise ValueError(f"needs must be one of {NEEDS}, got {needs!r}")
     unknown = set(setting) - SETTING_KEYS

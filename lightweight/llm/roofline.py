@@ -3,7 +3,9 @@ allows in tokens per second.
 
 Generating one token at batch 1 multiplies every weight matrix by one vector: each weight is read
 once and used for two floating-point operations (a multiply and an add). Memory, not arithmetic,
-sets the limit: ``tokens/s <= bandwidth / bytes read per token``. With ``B`` sequences decoded
+sets the limit: ``tokens/s <= bandwidth / bytes read per token``, where the bytes are the weights plus
+the KV cache of the context so far (``C · 2 · layers · kv_heads · head_dim · bytes per element``; see
+:func:`context_bound` and :func:`cache_overtakes_weights`). With ``B`` sequences decoded
 together the same bytes serve ``B`` tokens, until the arithmetic (``2 · params · B`` FLOPs per
 step) takes longer than the reading: the batch size where decoding becomes compute-bound is
 ``B* = peak FLOP/s · bytes per token / (bandwidth · FLOPs per token)``.
@@ -197,3 +199,85 @@ def flops_per_token(shapes: dict[str, tuple[int, int]]) -> int:
     small next to it for short contexts and is left out)."""
     return sum(2 * o * i for o, i in shapes.values())
 
+
+# ----------------------------------------------------------------------------- the KV cache
+# A step at context C attends over C cached positions: it reads every layer's keys and values,
+# ``(kv_heads, C, head_dim)`` each, besides the weights. Per token of context that is
+# ``2 · layers · kv_heads · head_dim`` elements (SmolLM2-135M: 2 · 30 · 3 · 64 = 11,520, so 46,080 bytes
+# in FP32 and 23,040 in BF16), so the bytes per step grow linearly with the context while the weight
+# bytes stay fixed. The bound below counts each cached byte once; an implementation that copies the
+# cache (a growing cache rebuilt by concatenation, keys repeated per query head) reads more.
+@dataclass(frozen=True)
+class KVShape:
+    """What one token of context adds to the KV cache: ``layers`` × (keys and values) × ``kv_heads`` ×
+    ``head_dim`` elements."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def elements_per_token(self) -> int:
+        """Cached elements per token of context: ``2 · layers · kv_heads · head_dim``."""
+        return 2 * self.layers * self.kv_heads * self.head_dim
+
+
+def kv_shape(model_or_config) -> KVShape:
+    """The :class:`KVShape` of a transformers decoder (a model or its config): ``num_hidden_layers``,
+    ``num_key_value_heads`` (grouped-query attention; default: ``num_attention_heads``) and
+    ``head_dim`` (default: ``hidden_size // num_attention_heads``)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return KVShape(config.num_hidden_layers, kv_heads, head_dim)
+
+
+def _element_bytes(dtype: torch.dtype | int) -> int:
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    if not isinstance(dtype, int) or dtype < 1:
+        raise ValueError(f"bytes per element must be a torch.dtype or a positive int, got {dtype!r}")
+    return dtype
+
+
+def kv_bytes_per_token(model_or_config, dtype: torch.dtype | int = torch.float32) -> int:
+    """Bytes one token of context adds to the cache, read again at every later step:
+    ``2 · layers · kv_heads · head_dim · bytes per element`` of the cache's ``dtype`` (a ``torch.dtype``
+    or a byte count; the cache holds the activations' dtype: FP32, BF16 for our low-bit paths, F16 in
+    llama.cpp by default)."""
+    return kv_shape(model_or_config).elements_per_token() * _element_bytes(dtype)
+
+
+def kv_cache_bytes(model_or_config, context: int, dtype: torch.dtype | int = torch.float32) -> int:
+    """Bytes of the KV cache holding ``context`` tokens (one sequence): what one decoding step at that
+    context reads besides the weights."""
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    return context * kv_bytes_per_token(model_or_config, dtype)
+
+
+def decode_bytes_per_token(weight_bytes: int, kv_per_token: int, context: int) -> int:
+    """Bytes read to generate one token at batch 1 after ``context`` tokens:
+    ``weight_bytes + context · kv_per_token`` (weights once, then the whole cache)."""
+    if weight_bytes <= 0 or kv_per_token < 0 or context < 0:
+        raise ValueError("need weight_bytes > 0, kv_per_token >= 0 and context >= 0")
+    return weight_bytes + context * kv_per_token
+
+
+def context_bound(weight_bytes: int, kv_per_token: int, context: int, bandwidth_gbs: float, batch: int = 1) -> float:
+    """The memory roofline at context ``C``, in tokens per second (all sequences together):
+    ``bandwidth / (weight bytes + C · KV bytes per token)`` at batch 1; with ``B`` sequences a step
+    reads the weights once and ``B`` caches, and makes ``B`` tokens (the compute ceiling is left out:
+    see :func:`decode_bound`)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return batch * tokens_per_s_bound(decode_bytes_per_token(weight_bytes, batch * kv_per_token, context), bandwidth_gbs)
+
+
+def cache_overtakes_weights(weight_bytes: int, kv_per_token: int) -> int:
+    """The shortest context ``C`` (tokens) whose cache is larger than the weights,
+    ``C · kv_per_token > weight_bytes``: from there a step reads more cache than weights, and shrinking
+    the weights further buys less than shrinking the cache."""
+    if weight_bytes <= 0 or kv_per_token <= 0:
+        raise ValueError("weight_bytes and kv_per_token must be positive")
+    return weight_bytes // kv_per_token + 1
