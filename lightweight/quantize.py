@@ -325,18 +325,14 @@ def group_grid(w: torch.Tensor, bits: int, symmetric: bool = True, shrink: int =
         f = 1 - i / 100
         scale = ((f * hi / qmax) if symmetric else (f * (hi - lo) / (qmax - qmin))).clamp_min(1e-12)
         zero = torch.zeros_like(scale) if symmetric else qmin - torch.round(f * lo / scale)
-        if best is None:
-            best = scale, zero, None
-            if shrink <= 1:
-                break
+        if shrink <= 1:
+            return scale, zero
         q = torch.clamp(torch.round(w / scale[..., None]) + zero[..., None], qmin, qmax)
         err = ((q - zero[..., None]) * scale[..., None] - w).abs().pow(2.4).sum(dim=-1)
-        if best[2] is None:
-            best = scale, zero, err
-        else:
-            better = err < best[2]
-            best = (torch.where(better, scale, best[0]), torch.where(better, zero, best[1]),
-                    torch.where(better, err, best[2]))
+        if best is not None:
+            keep = best[2] <= err
+            scale, zero, err = (torch.where(keep, b, new) for b, new in zip(best, (scale, zero, err)))
+        best = scale, zero, err
     return best[0], best[1]
 
 
