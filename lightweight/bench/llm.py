@@ -43,7 +43,7 @@ from .core import BenchContext, row, sync_results
 
 MODEL = "smollm2-135m"
 CAL_SEEDS = (1, 2)  # besides seed 0: the seed rows of GPTQ, AWQ and SparseGPT
-CAL_WINDOWS = 64  # 64 x 256 = 16,384 calibration tokens, both domains in turn
+CAL_WINDOWS = 64  # 64 x 512 = 32,768 calibration tokens, both domains in turn
 CLIP_GRID = 80  # GPTQ's clipping search: range factors 1.00, 0.99, ..., 0.21 per group (as the GPTQ reference code)
 DEPTH_DROP = 6  # of 30 blocks
 STUDENT_KEEP = tuple(range(0, 30, 2))  # 15 blocks
