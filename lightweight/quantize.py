@@ -306,15 +306,36 @@ def w8a8_(model: nn.Module, ranges: dict[str, ActivationRange], method: str = "m
 
 
 # ----------------------------------------------------------------------------- GPTQ
-def group_grid(w: torch.Tensor, bits: int, symmetric: bool = True, shrink: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def group_grid(w: torch.Tensor, bits: int, symmetric: bool = True, shrink: int = 0,
+               full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero-point ``(...,)`` of each group ``w`` ``(..., g)`` for ``w ≈ (q − z)·s``.
 
     Without ``shrink``, the round-to-nearest grid of :func:`quantize_tensor` (the group's max, or its
     min and max, map to the ends of the integer range). With ``shrink = n > 0``, the range is also
     shrunk by factors ``1 − i/100`` for ``i < n`` (clipping the largest weights) and each group keeps
     the factor with the smallest ``Σ |w − ŵ|^2.4`` (the grid search of the GPTQ reference code).
+    ``full_range`` (symmetric only): ggml's Q4_0 grid, all ``2^b`` integers ``[−2^(b−1), 2^(b−1) − 1]``
+    and ``s = m / −2^(b−1)`` with ``m`` the group's value of largest ``|w|``, sign kept (so ``s`` can be
+    negative and ``m`` lands exactly on ``−2^(b−1)``).
     """
-    qmin, qmax = qrange(bits, symmetric)
+    if full_range and not symmetric:
+        raise ValueError("full_range is a symmetric grid: use symmetric=True")
+    qmin, qmax = qrange(bits, symmetric and not full_range)
+    if full_range:
+        top = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+        best = None
+        for i in range(max(shrink, 1)):
+            scale = (1 - i / 100) * top / qmin
+            scale = torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale)
+            if shrink <= 1:
+                return scale, torch.zeros_like(scale)
+            q = torch.clamp(torch.round(w / scale[..., None]), qmin, qmax)
+            err = (q * scale[..., None] - w).abs().pow(2.4).sum(dim=-1)
+            if best is not None:
+                keep = best[1] <= err
+                scale, err = torch.where(keep, best[0], scale), torch.where(keep, best[1], err)
+            best = scale, err
+        return best[0], torch.zeros_like(best[0])
     if symmetric:
         hi = w.abs().amax(dim=-1)
         lo = -hi
@@ -339,7 +360,7 @@ def group_grid(w: torch.Tensor, bits: int, symmetric: bool = True, shrink: int =
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int | None = 128,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = False, symmetric: bool = True,
-                  shrink: int = 0) -> QTensor:
+                  shrink: int = 0, full_range: bool = False) -> QTensor:
     """GPTQ (Frantar et al. 2022) on one weight ``(out, in)`` with ``H = X X^T`` ``(in, in)``.
 
     Columns are quantized one at a time (symmetric round-to-nearest), and each column's rounding
@@ -348,7 +369,8 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
     already-updated weights when the group starts; with ``act_order`` columns go by decreasing
     ``H_jj`` and the group scales are computed up front from the original weights ("static groups").
     ``symmetric=False`` gives each group a zero-point (all ``2^b`` levels); ``shrink`` searches a
-    clipping factor per group (:func:`group_grid`).
+    clipping factor per group (:func:`group_grid`); ``full_range`` puts the integers on ggml's Q4_0 grid
+    (exportable to Q4_0 at 4 bits and groups of 32).
     """
     _check_float(weight, "weight")
     _check_bits(bits)
@@ -360,7 +382,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
         raise ValueError(f"group_size {group_size} must be a positive divisor of the input dimension {cols}")
     if not act_order and block_size % g and g % block_size:
         raise ValueError(f"group_size {g} and block_size {block_size} must divide one another")
-    qmin, qmax = qrange(bits, symmetric)
+    qmin, qmax = qrange(bits, symmetric and not full_range)
     W = weight.detach().float().clone()
     H = H.double().clone()
     dead = H.diagonal() == 0
@@ -368,7 +390,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
     W[:, dead] = 0.0
     scale, zero = torch.zeros(rows, cols // g), torch.zeros(rows, cols // g)
     if act_order:
-        scale, zero = group_grid(W.view(rows, -1, g), bits, symmetric, shrink)
+        scale, zero = group_grid(W.view(rows, -1, g), bits, symmetric, shrink, full_range)
         perm = torch.argsort(H.diagonal(), descending=True)
     else:
         perm = torch.arange(cols)
@@ -385,7 +407,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
             col = i1 + j
             if not act_order and col % g == 0:  # a new group: scales from the current weights
                 span = W1[:, j:j + g] if g <= i2 - col else torch.cat([W1[:, j:], W[:, i2:col + g]], dim=1)
-                scale[:, col // g], zero[:, col // g] = group_grid(span, bits, symmetric, shrink)
+                scale[:, col // g], zero[:, col // g] = group_grid(span, bits, symmetric, shrink, full_range)
             s, z = scale[:, group_of[col]], zero[:, group_of[col]]
             w = W1[:, j]
             q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
@@ -400,7 +422,8 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int = 4, group_si
 
 @torch.no_grad()
 def gptq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4, group_size: int | None = 128,
-          act_order: bool = False, skip: Iterable[str] = (), symmetric: bool = True, shrink: int = 0) -> nn.Module:
+          act_order: bool = False, skip: Iterable[str] = (), symmetric: bool = True, shrink: int = 0,
+          full_range: bool = False) -> nn.Module:
     """Quantize every ``nn.Linear`` of ``model`` with GPTQ (statistics from the FP32 model, one shot)
     and replace it by a :class:`QuantizedLinear`, in place."""
     names = [n for n in prunable_layers(model, (nn.Linear,)) if n not in set(skip)]
@@ -409,7 +432,7 @@ def gptq_(model: nn.Module, run_calibration: Callable[[], object], bits: int = 4
         raise ValueError("calibration data is empty: run_calibration() did not call every Linear")
     layers = prunable_layers(model, (nn.Linear,))
     qts = {n: gptq_quantize(layers[n].weight, stats[n].H, bits, group_size, act_order=act_order, symmetric=symmetric,
-                            shrink=shrink) for n in names}
+                            shrink=shrink, full_range=full_range) for n in names}
     return replace_linears(model, lambda n, lin: QuantizedLinear(lin, qtensor=qts[n]), skip)
 
 

@@ -262,6 +262,7 @@ def test_other_valid_answers_pass():
         (ch05.prune_then_quantize, lambda w, s, b, g: Q.fake_quantize(w * P.magnitude_mask(w, s), b, g)),
         (ch06.bits_per_byte, lambda nll, n: nll * math.log2(math.e) / n), (ch06.awq_search, awq_unnormalised),
         (ch06.block_influence, influence_by_hand),
+        (ch06.fold_scales, lambda g, ws, s: (g * s.reciprocal(), [w @ torch.diag(s) for w in ws])),
     ]
     for check, fn in answers:
         r = run(check, fn)

@@ -1376,6 +1376,39 @@ def awq_scales_w_in_place(W, H, bits, group_size, n_grid):
     return awq(W, H, bits, group_size, n_grid)
 
 
+@mutant(ch06.fold_scales, "gộp ngược chiều")
+def fold_backwards(gain, weights, s):
+    return gain * s, [w / s[None, :] for w in weights]
+
+
+@mutant(ch06.fold_scales, "gain của RMSNorm không đổi")
+def fold_weights_only(gain, weights, s):
+    return gain.clone(), [w * s[None, :] for w in weights]
+
+
+@mutant(ch06.fold_scales, "phải nhân cột với cùng s")
+def fold_first_layer_only(gain, weights, s):
+    return gain / s, [weights[0] * s[None, :]] + [w.clone() for w in weights[1:]]
+
+
+@mutant(ch06.fold_scales, "bạn nhân *hàng* của W")
+def fold_rows(gain, weights, s):
+    return gain / s, [w * s[:, None] if w.shape[0] == s.numel() else w * s[None, :] for w in weights]
+
+
+@mutant(ch06.fold_scales, "gain mới phải là gain / s")
+def fold_gain_by_square(gain, weights, s):
+    return gain / s**2, [w * s[None, :] for w in weights]
+
+
+@mutant(ch06.fold_scales, "tại chỗ (in-place)")
+def fold_in_place(gain, weights, s):
+    gain.div_(s)
+    for w in weights:
+        w.mul_(s[None, :])
+    return gain, weights
+
+
 @mutant(ch06.block_influence, "1 − cos (khối không làm gì")
 def influence_mean_cos(x, y):
     return float(F.cosine_similarity(x, y, dim=-1).mean())

@@ -159,6 +159,27 @@ def test_group_grid_search_never_loses_to_the_full_range_and_keeps_rtn_without_s
         assert bool((err(s, z) <= err(s0, z0) + 1e-4).all()) and bool((s < s0).any())
 
 
+def test_full_range_grid_is_ggml_q4_0_and_gptq_on_it_exports_exactly(tmp_path):
+    from lightweight.llm import gguf_export as G
+
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(2))
+    s, z = Q.group_grid(w.view(8, 2, 32), 4, full_range=True)
+    ref = G.quantize_q4_0(w)
+    assert torch.allclose(s, ref.scale) and bool((z == 0).all())  # d = max / -8, sign kept
+    with pytest.raises(ValueError, match="symmetric"):
+        Q.group_grid(w, 4, symmetric=False, full_range=True)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2048, 64, generator=g) @ torch.randn(64, 64, generator=g)
+    H = (X.T @ X).double()
+    err = lambda qt: Q.output_error(w, qt.dequantize(), H)  # noqa: E731
+    for act_order in (False, True):
+        qt = Q.gptq_quantize(w, H, 4, 32, act_order=act_order, full_range=True, shrink=20)
+        assert int(qt.q.min()) == -8 and int(qt.q.max()) <= 7  # the 16th level is used
+        assert err(qt) < err(Q.gptq_quantize(w, H, 4, 32, act_order=act_order))  # 16 levels beat 15
+        assert err(qt) < 0.7 * err(ref)
+        assert torch.allclose(G.gguf_dequantized(qt), qt.dequantize(), rtol=1e-3, atol=1e-5)  # FP16 scales in the file
+
+
 def test_fp8_and_fbgemm():
     vals = Q.fp8_values("e4m3")
     assert vals.max() == 448 and vals.min() == -448 and Q.fp8_values("e5m2").max() == 57344

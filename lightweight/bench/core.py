@@ -28,7 +28,9 @@ SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temper
                 # chapter 7's timing rows: threads used, tokens of context before the timed ones, tokens timed
                 # (prompt or new), spread of tokens/s over the rounds, measured bandwidth and bytes read per step
                 "threads", "context", "tokens", "rounds", "tokens_per_s_low", "tokens_per_s_high", "bandwidth_gbs",
-                "weight_bytes", "kv_bytes_per_token"}
+                "weight_bytes", "kv_bytes_per_token",
+                # chapter 6's GGUF rows: llama.cpp's file type and the bits per weight of the block weights
+                "format", "bits_per_weight"}
 NEEDS = ("none", "calibration", "training")  # what producing the compressed model takes besides the model
 
 # How the book's table (in Vietnamese) names chapters, models, metrics and needs.

@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,11 +35,15 @@ import torch.nn as nn
 from .. import lowrank as L
 from .. import prune as P
 from .. import quantize as Q
+from ..calibration import set_module
 from ..console import safe_console
 from ..distill import llm_student, train_causal_lm
 from ..libref import ao_dynamic_int8
-from ..llm.evaluation import DOMAINS, Evaluator, Interval, calibration_windows, paired_ratio, score_ratio
-from ..llm.model import block_linears, calibration_run, compress_blockwise_, load_smollm2, stored_bytes
+from ..llm import awq as A
+from ..llm import fast, gguf_export, llamacpp_quant
+from ..llm.evaluation import DOMAINS, Evaluator, Interval, Score, calibration_windows, paired_ratio, score_ratio
+from ..llm.lowbit import qtensor_of
+from ..llm.model import block_linears, calibration_run, compress_blockwise_, load_smollm2, stored_bytes, verify_gguf
 from ..machine import describe
 from .core import BenchContext, row, sync_results
 
@@ -60,6 +66,20 @@ COMPARISONS = (
     ("int4-gptq-asym-clip-g32", "int4-gptq-asym-clip-g64", "GPTQ INT4 có điểm không và dò ngưỡng kẹp: nhóm 32 so với nhóm 64"),
     ("int4-awq-g64", "int4-rtn-g64", "AWQ so với RTN, INT4 nhóm 64"),
     ("int3-gptq-g64", "int3-awq-g64", "GPTQ so với AWQ, INT3 nhóm 64"),
+    ("int3-awq-paper-sym-g64", "int3-rtn-g64", "AWQ như bài báo so với RTN, INT3 nhóm 64 đối xứng"),
+    ("int3-awq-paper-g64", "int3-rtn-asym-g64", "AWQ như bài báo so với RTN, INT3 nhóm 64 có điểm không"),
+    ("int3-awq-paper-sym-g64", "int3-awq-g64", "AWQ như bài báo so với AWQ từng lớp, INT3 đối xứng"),
+    ("int3-awq-paper-g64", "int3-gptq-asym-clip-g64", "AWQ như bài báo so với GPTQ, INT3 có điểm không"),
+    ("int3-awq-paper-gptq-g64", "int3-gptq-asym-clip-g64", "AWQ rồi GPTQ so với chỉ GPTQ, INT3 có điểm không"),
+    ("int4-awq-paper-g64", "int4-gptq-asym-clip-g64", "AWQ như bài báo so với GPTQ, INT4 nhóm 64 có điểm không"),
+    ("int4-awq-paper-gptq-g64", "int4-gptq-asym-clip-g64", "AWQ rồi GPTQ so với chỉ GPTQ, INT4 nhóm 64 có điểm không"),
+    ("fp32-gguf-llamacpp", "fp32-reference", "kiểm tra: tệp F32 chạy bằng llama.cpp so với PyTorch"),
+    ("int4-llamacpp-q4_0-imatrix", "int4-llamacpp-q4_0", "Q4_0 của llama.cpp: có imatrix so với không"),
+    ("int4-gptq-q40-g32-gguf", "int4-llamacpp-q4_0", "tệp Q4_0 từ GPTQ của ta so với Q4_0 của llama.cpp"),
+    ("int4-gptq-q40-g32-gguf", "int4-llamacpp-q4_0-imatrix", "tệp Q4_0 từ GPTQ của ta so với Q4_0 có imatrix"),
+    ("int4-gptq-q40-g32-gguf", "int4-llamacpp-iq4_nl-imatrix", "tệp Q4_0 từ GPTQ của ta so với IQ4_NL có imatrix"),
+    ("int4-awq-gptq-q40-g32-gguf", "int4-gptq-q40-g32-gguf", "tệp Q4_0: AWQ rồi GPTQ so với chỉ GPTQ"),
+    ("int4-gptq-q40-g32-gguf", "int4-gptq-q40-g32", "cùng số nguyên: llama.cpp (bảng nhúng Q8_0) so với PyTorch"),
     ("sparsegpt-50", "wanda-50", "SparseGPT so với Wanda, thưa 50%"),
     ("wanda-50", "magnitude-50", "Wanda so với độ lớn, thưa 50%"),
     ("sparsegpt-2:4", "wanda-2:4", "SparseGPT so với Wanda, 2:4"),
@@ -119,6 +139,19 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
     yield "int4-awq-g64", blockwise(awq4), "calibration", dict(bits=4, group_size=64, seed=0)
     for g in (64, 32):
         yield f"int4-gptq-asym-clip-g{g}", blockwise(gptq4z(g)), "calibration", dict(bits=4, group_size=g, seed=0)
+    for bits in (3, 4):  # AWQ as the paper (scales folded, clipping, zero-points), alone and before GPTQ
+        yield f"int{bits}-awq-paper-g64", blockwise(_awq_paper(bits, 64)), "calibration", dict(bits=bits, group_size=64)
+        yield f"int{bits}-awq-paper-gptq-g64", blockwise(_awq_paper(bits, 64, gptq=True)), "calibration", \
+            dict(bits=bits, group_size=64)
+    yield "int3-awq-paper-sym-g64", blockwise(lambda blk, r: A.awq_block_(blk, r, 3, 64, symmetric=True)), "calibration", \
+        dict(bits=3, group_size=64)
+    yield "int3-rtn-asym-g64", q(lambda m: _rtn_(m, 3, 64, symmetric=False)), "none", dict(bits=3, group_size=64)
+    yield "int3-gptq-asym-clip-g64", blockwise(lambda blk, r: Q.gptq_(blk, r, 3, 64, act_order=True, symmetric=False,
+                                                                      shrink=CLIP_GRID)), "calibration", dict(bits=3, group_size=64)
+    # 4.5 bits per weight: integers on ggml's Q4_0 grid (groups of 32), exportable to a Q4_0 file
+    yield "int4-gptq-q40-g32", blockwise(lambda blk, r: Q.gptq_(blk, r, 4, 32, act_order=True, shrink=CLIP_GRID,
+                                                                full_range=True)), "calibration", dict(bits=4, group_size=32)
+    yield "int4-awq-gptq-q40-g32", blockwise(_awq_paper(4, 32, gptq=True, q4_0=True)), "calibration", dict(bits=4, group_size=32)
     yield "magnitude-50", q(lambda m: P.prune_oneshot_(m, 0.5, "magnitude", skip=skip)), "none", dict(sparsity=0.5)
     yield "wanda-50", blockwise(lambda blk, r: P.prune_oneshot_(blk, 0.5, "wanda", r)), "calibration", dict(sparsity=0.5)
     yield "sparsegpt-50", blockwise(sparsegpt50), "calibration", dict(sparsity=0.5, seed=0)
@@ -157,6 +190,105 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
         yield f"sparsegpt-50-cal-{d}", blockwise(lambda blk, r: P.prune_oneshot_(blk, 0.5, "sparsegpt", r), one[d]), \
             "calibration", dict(sparsity=0.5, calibration=d)
     yield "int4-minmax-g32", q(_minmax_g32), "none", dict(bits=4, group_size=32)
+    if fast.llama_cpp_available():
+        yield from _llama_cpp_configurations(fp32, cal)
+
+
+LLAMA_CPP_FORMATS = (("q4_0", False), ("q4_0", True), ("iq4_nl", True), ("iq4_xs", True), ("q4_k_m", True))
+EXPORTED = ("int4-gptq-q40-g32", "int4-awq-gptq-q40-g32")  # also written to a Q4_0 file and scored by llama.cpp
+
+
+class _Folder:
+    """A temporary folder for the bench's GGUF files, made on first use (F32 export: about 540 MB)."""
+
+    def __init__(self):
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def path(self) -> Path:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="lightweight-gguf-")
+        return Path(self._dir.name)
+
+
+_GGUF_DIR = _Folder()
+
+
+def _f32_gguf(fp32: nn.Module) -> Path:
+    path = _GGUF_DIR.path / "f32.gguf"
+    if not path.exists():
+        gguf_export.export_gguf(fp32, path, "f32", source=verify_gguf())
+    return path
+
+
+def _llama_cpp_configurations(fp32: nn.Module, cal: torch.Tensor) -> Iterator[tuple[str, Callable[[], Path], str, dict]]:
+    """llama.cpp's own quantizers on our F32 file (embedding table Q8_0, as our Q4_0 export), with an
+    importance matrix from the same calibration windows as our methods; the F32 file itself as a check
+    of llama.cpp's perplexity against PyTorch's."""
+    imatrix: dict = {}
+
+    def make(fmt: str, with_imatrix: bool) -> Callable[[], Path]:
+        def run() -> Path:
+            if with_imatrix and not imatrix:
+                imatrix.update(llamacpp_quant.importance_matrix(fp32, cal, progress=False))
+            dest = _GGUF_DIR.path / f"{fmt}{'-imatrix' if with_imatrix else ''}.gguf"
+            return llamacpp_quant.quantize_gguf(_f32_gguf(fp32), dest, fmt, imatrix if with_imatrix else None)
+        return run
+
+    yield "fp32-gguf-llamacpp", lambda: _f32_gguf(fp32), "none", dict(bits=32, format="f32")
+    for fmt, with_imatrix in LLAMA_CPP_FORMATS:
+        yield f"int4-llamacpp-{fmt}{'-imatrix' if with_imatrix else ''}", make(fmt, with_imatrix), \
+            "calibration" if with_imatrix else "none", dict(bits=4, format=fmt)
+
+
+def _gguf_scores(ev: Evaluator, path: Path) -> dict[str, Score]:
+    """Chapter 6's evaluation of a GGUF file run by llama.cpp: the same windows, per-window NLL (no KL)."""
+    out = {}
+    with fast.LlamaCpp(path, n_ctx=ev.windows[DOMAINS[0]].shape[1], logits_all=True) as runner:
+        for d, w in ev.windows.items():
+            nll = runner.window_nll(w)
+            per = w.shape[1] - 1
+            out[d] = Score(ppl=math.exp(sum(nll) / (per * len(w))), bpb=sum(nll) / math.log(2) / sum(ev.bytes[d]),
+                           kl=None, tokens=per * len(w), window_nll=tuple(nll))
+    return out
+
+
+def _gguf_bytes(path: Path) -> int:
+    """Bytes of the tensors of a GGUF file (the tokenizer and metadata not counted, as for our models)."""
+    return sum(int(t.n_bytes) for t in gguf_export._gguf().GGUFReader(str(path)).tensors)
+
+
+def _export_q4_0(model: nn.Module, fp32: nn.Module, method: str) -> Path:
+    """Our Q4_0-grid integers of every block linear, and every other tensor of ``model`` (AWQ changed the
+    RMSNorm gains), in a Q4_0 GGUF file (embedding Q8_0)."""
+    names = block_linears(fp32)
+    qts = {n: qtensor_of(model.get_submodule(n)) for n in names}
+    floats = copy.deepcopy(fp32)
+    with torch.no_grad():
+        for name, p in floats.named_parameters():
+            if name.rpartition(".")[0] not in qts:
+                p.copy_(model.get_parameter(name))
+        for n in names:
+            floats.get_submodule(n).weight.copy_(qts[n].dequantize())
+    return gguf_export.export_gguf(floats, _GGUF_DIR.path / f"{method}.gguf", "q4_0", source=verify_gguf(), qtensors=qts)
+
+
+def _awq_paper(bits: int, group: int, gptq: bool = False, q4_0: bool = False) -> Callable[[nn.Module, Callable], object]:
+    """AWQ on a block (:func:`~lightweight.llm.awq.awq_block_`): asymmetric with clipping, or, with ``q4_0``,
+    on ggml's Q4_0 grid (the scale search then measures the symmetric grid); with ``gptq``, GPTQ (act-order,
+    clipping search) quantizes the scaled weights with the scaled statistics instead of round-to-nearest."""
+    def quantize(name: str, lin: nn.Linear, st: A.ActStats) -> Q.QTensor:
+        return Q.gptq_quantize(lin.weight, st.H, bits, group, act_order=True, symmetric=q4_0, shrink=CLIP_GRID,
+                               full_range=q4_0)
+
+    return lambda blk, r: A.awq_block_(blk, r, bits, group, symmetric=q4_0, quantize=quantize if gptq else None)
+
+
+def _rtn_(m: nn.Module, bits: int, group: int, symmetric: bool) -> None:
+    """Round-to-nearest every block linear on the given grid (stored as :class:`~lightweight.quantize.QuantizedLinear`)."""
+    for n in block_linears(m):
+        lin = m.get_submodule(n)
+        set_module(m, n, Q.QuantizedLinear(lin, qtensor=Q.quantize_tensor(lin.weight, bits, group, symmetric)))
 
 
 def _fp8_(m: nn.Module, fmt: str, skip: list[str]) -> None:
@@ -276,8 +408,15 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
         kept.setdefault(r["method"], []).append(r)
 
     def ordered() -> list[dict]:
-        names = ["fp32-reference"] + [c[0] for c in configs]
+        names = ["fp32-reference"] + [n for c in configs for n in (c[0], f"{c[0]}-gguf")]
         return [r for n in names for r in measured.get(n, kept.get(n, []))]
+
+    def record(method: str, scores: dict[str, Score], size: float, minutes: float, needs: str, setting: dict) -> None:
+        measured[method] = _rows(method, ev, scores, size, minutes, needs, **setting)
+        windows["nll"][method] = {d: _rounded(scores[d].window_nll) for d in DOMAINS}
+        print(f"{method}: {[(r['setting']['domain'], r['value']) for r in measured[method] if r['metric'] == 'ppl']}", flush=True)
+        if out is not None:
+            _write(out, ordered(), windows)
 
     for method, make, needs, setting in configs:
         if only is not None and method not in only:
@@ -285,13 +424,17 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
         start = time.perf_counter()
         model = make()
         minutes = (time.perf_counter() - start) / 60
-        scores = ev.score(model)
-        size = _stored(method, model, fp32, int8_bytes) / base
-        measured[method] = _rows(method, ev, scores, size, minutes, needs, **setting)
-        windows["nll"][method] = {d: _rounded(scores[d].window_nll) for d in DOMAINS}
-        print(f"{method}: {[(r['setting']['domain'], r['value']) for r in measured[method] if r['metric'] == 'ppl']}", flush=True)
-        if out is not None:
-            _write(out, ordered(), windows)
+        if isinstance(model, Path):  # a GGUF file, run by llama.cpp
+            bpw = round(llamacpp_quant.bits_per_weight(model), 4)
+            record(method, _gguf_scores(ev, model), _gguf_bytes(model) / base, minutes, needs,
+                   {**setting, "runtime": "llama.cpp", "bits_per_weight": bpw})
+            continue
+        record(method, ev.score(model), _stored(method, model, fp32, int8_bytes) / base, minutes, needs, setting)
+        if method in EXPORTED and fast.llama_cpp_available():
+            path = _export_q4_0(model, fp32, method)
+            record(f"{method}-gguf", _gguf_scores(ev, path), _gguf_bytes(path) / base, minutes, needs,
+                   {**setting, "runtime": "llama.cpp", "format": "q4_0",
+                    "bits_per_weight": round(llamacpp_quant.bits_per_weight(path), 4)})
         del model
     return ordered(), windows
 
@@ -307,6 +450,24 @@ def compare(windows: dict, a: str, b: str, domain: str) -> Interval:
         if m not in windows["nll"]:
             raise KeyError(f"{m!r} is not in {WINDOWS_PATH.name}: run `python -m lightweight.bench.llm --only {m}`")
     return paired_ratio(windows["nll"][a][domain], windows["nll"][b][domain], windows["tokens_per_window"])
+
+
+def share_removed(windows: dict, method: str, baseline: str, domain: str, n_boot: int = 10_000, seed: int = 0) -> Interval:
+    """The share of ``baseline``'s log-perplexity increase over FP32 that ``method`` removes on ``domain``,
+    ``1 − log(PPL_m / PPL_fp32) / log(PPL_b / PPL_fp32)``, with a paired percentile bootstrap over the
+    windows of ``llm_windows.json`` (both increases resampled on the same windows)."""
+    for m in (method, baseline):
+        if m not in windows["nll"]:
+            raise KeyError(f"{m!r} is not in {WINDOWS_PATH.name}: run `python -m lightweight.bench.llm --only {m}`")
+    ref = torch.tensor(windows["nll"]["fp32-reference"][domain], dtype=torch.float64)
+    dm = torch.tensor(windows["nll"][method][domain], dtype=torch.float64) - ref
+    db = torch.tensor(windows["nll"][baseline][domain], dtype=torch.float64) - ref
+    if float(db.mean()) <= 0:
+        raise ValueError(f"{baseline!r} is not worse than FP32 on {domain}: there is no increase to remove")
+    idx = torch.randint(len(ref), (n_boot, len(ref)), generator=torch.Generator().manual_seed(seed))
+    boots = 1 - dm[idx].mean(1) / db[idx].mean(1)
+    low, high = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return Interval(1 - float(dm.mean() / db.mean()), low, high)
 
 
 def _num(v: float, digits: int) -> str:

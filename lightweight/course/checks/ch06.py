@@ -1,4 +1,4 @@
-"""Checks of chapter 6 (a real LLM): bits per byte, KL to the reference, AWQ's scale search, block
+"""Checks of chapter 6 (a real LLM): bits per byte, KL to the reference, AWQ's scale search and folding, block
 influence, the blocks to drop."""
 
 from __future__ import annotations
@@ -183,3 +183,52 @@ def blocks_to_drop(fn: Callable[[torch.Tensor, int], list[int]]) -> None:
         if sorted(got) == want and got != want:
             raise CheckFailed(f"{where}: đúng các khối, nhưng list phải sắp theo chỉ số tăng dần (sorted).")
         expect(got == want, f"{where}: mong đợi {want}, nhận {got}. Gợi ý: chỉ số của k giá trị nhỏ nhất, sắp tăng dần.")
+
+
+def _rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
+
+
+def _fold_case(seed: int, cols: int, outs: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """An RMSNorm gain ``(cols,)``, the weights ``(out_i, cols)`` that read its output, and AWQ-like scales."""
+    g = torch.Generator().manual_seed(seed)
+    gain = 1 + 0.5 * torch.rand(cols, generator=g)
+    weights = [torch.randn(o, cols, generator=g) * 0.1 for o in outs]
+    s = torch.exp(torch.randn(cols, generator=g))  # both above and below 1
+    return gain, weights, s
+
+
+FOLD_CASES = [(0, 16, (16,)), (1, 64, (64, 16, 16)), (2, 96, (256, 256)), (3, 32, (32, 8))]  # seed, C, outputs
+
+
+@exercise("ch06.fold_scales", "Gộp thang đo của AWQ vào RMSNorm")
+def fold_scales(fn: Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]) -> None:
+    for seed, cols, outs in FOLD_CASES:
+        gain, weights, s = _fold_case(seed, cols, outs)
+        where = f"C = {cols}, {len(outs)} lớp {[tuple(w.shape) for w in weights]}"
+        got = call(fn, gain, weights, s, names=["gain", "weights", "s"])
+        expect(isinstance(got, tuple) and len(got) == 2, f"{where}: hàm cần trả về cặp (gain_mới, weights_mới), nhận {type(got).__name__}.")
+        new_gain = as_tensor(got[0], f"gain_mới ({where})", shape=(cols,))
+        expect(isinstance(got[1], (list, tuple)) and len(got[1]) == len(weights),
+               f"{where}: weights_mới phải là một list gồm {len(weights)} ma trận, mỗi lớp một ma trận.")
+        new_w = [as_tensor(w, f"weights_mới[{i}] ({where})", shape=weights[i].shape) for i, w in enumerate(got[1])]
+        if torch.allclose(new_gain, gain * s, rtol=1e-5) and all(torch.allclose(a, w / s, rtol=1e-5) for a, w in zip(new_w, weights)):
+            raise CheckFailed(f"{where}: bạn gộp ngược chiều: mô hình vẫn tính đúng hàm cũ, nhưng các kênh nổi bật (s_j lớn) "
+                              "lại có trọng số *nhỏ* đi. AWQ nhân cột j của W với s_j (để kênh quan trọng có bước lượng tử "
+                              "mịn hơn tương đối) và chia gain của RMSNorm cho s_j.")
+        if torch.allclose(new_gain, gain, rtol=1e-6):
+            raise CheckFailed(f"{where}: gain của RMSNorm không đổi: phải chia nó cho s (gain / s), nếu không đầu ra của các lớp bị nhân thêm s.")
+        for i, (a, w) in enumerate(zip(new_w, weights)):
+            if torch.allclose(a, w, rtol=1e-6):
+                raise CheckFailed(f"{where}: lớp {i} không được nhân với s: *mọi* lớp đọc đầu ra của RMSNorm này (q, k, v "
+                                  "hay gate, up) phải nhân cột với cùng s, vì chúng cùng nhận x / s.")
+            if w.shape[0] == cols and torch.allclose(a, w * s[:, None], rtol=1e-5):
+                raise CheckFailed(f"{where}: bạn nhân *hàng* của W với s; thang đo thuộc về kênh đầu vào, tức là cột: W * s[None, :] "
+                                  "(W có dạng (out, in)).")
+        expect(torch.allclose(new_gain, gain / s, rtol=1e-5), f"{where}: gain mới phải là gain / s (phép chia từng phần tử).")
+        x = torch.randn(5, 7, cols, generator=torch.Generator().manual_seed(seed + 100))
+        for i, (a, w) in enumerate(zip(new_w, weights)):
+            before, after = _rms_norm(x, gain) @ w.T, _rms_norm(x, new_gain) @ a.T
+            expect(torch.allclose(before, after, rtol=1e-4, atol=1e-5),
+                   f"{where}: đầu ra của lớp {i} sau RMSNorm đã đổi (sai lệch lớn nhất {float((before - after).abs().max()):.3g}): "
+                   "cột j của W phải nhân với s_j, W * s[None, :], để W·diag(s)·(x / s) = W·x.")
