@@ -3,6 +3,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from lightweight.bench import cli, core
 
@@ -124,3 +125,20 @@ def test_llm_tables_show_intervals_and_say_only_what_they_allow():
     assert B.compare(windows, "int4-gptq-g64", "fp32-reference", "sotu").low > 1.09
     with pytest.raises(KeyError, match="--only int3-gptq-g64"):
         B.compare(windows, "int3-gptq-g64", "fp32-reference", "sotu")
+
+
+def test_share_removed_is_the_share_of_the_baselines_log_increase():
+    from lightweight.bench.llm import share_removed
+
+    g = torch.Generator().manual_seed(0)
+    ref = (400 + 50 * torch.rand(32, generator=g)).tolist()
+    rtn = [r + 40 + torch.randn(1, generator=g).item() for r in ref]  # +40 nats per window
+    half = [r + 20 + torch.randn(1, generator=g).item() for r in ref]  # +20: half of it
+    windows = {"nll": {"fp32-reference": {"sotu": ref}, "rtn": {"sotu": rtn}, "half": {"sotu": half}}}
+    ci = share_removed(windows, "half", "rtn", "sotu")
+    assert 0.45 < ci.low < ci.value < ci.high < 0.55 and abs(ci.value - 0.5) < 0.03
+    assert share_removed(windows, "rtn", "rtn", "sotu").value == 0.0
+    with pytest.raises(ValueError, match="no increase"):
+        share_removed(windows, "rtn", "fp32-reference", "sotu")
+    with pytest.raises(KeyError, match="--only awq"):
+        share_removed(windows, "awq", "rtn", "sotu")
