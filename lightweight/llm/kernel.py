@@ -1,0 +1,336 @@
+"""Chapter 8's INT4 kernel: a matrix-vector product over 4-bit weights in groups of 32, written in
+Python and compiled for this CPU by numba, in the steps that make it fast.
+
+A weight matrix ``(out, in)`` is stored as integers ``q`` in ``[-8, 7]`` (two per byte) and one FP32
+scale ``d`` per row and group of 32 inputs: ``w = q · d`` (symmetric, as llama.cpp's Q4_0 and our GPTQ
+integers of chapter 7). The steps, each measured in chapter 8:
+
+1. :func:`gemv_naive`: one loop over the inputs, bytes packed as in chapter 4 (neighbours ``2j`` and
+   ``2j + 1`` in one byte, two's complement nibbles): a shift that depends on the parity of the index
+   and a sign test on every element keep the compiler from vectorising it.
+2. :func:`gemv_q4_0`: llama.cpp's Q4_0 layout (byte ``j`` of a block holds elements ``j`` and
+   ``j + 16`` as ``q + 8``): the inner loop reads 16 contiguous bytes and two contiguous halves of
+   ``x``, and ``fastmath`` lets the compiler reorder the sums, so it becomes SIMD code.
+3. :func:`gemv_q4_0_threads`: the rows split across threads (``prange``).
+4. :func:`gemv_q4_0_w4a8`: llama.cpp's own trick: ``x`` quantized per block of 32 to INT8 (one scale
+   per block), the 32 products of a block summed as integers, one float multiply per block.
+
+:class:`Q4Linear` runs a layer with them (and :func:`int8_linear`'s kernel for an INT8 output head),
+through a ``torch.library`` operator so that ``torch.compile`` can keep it in its graph.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+import torch.nn as nn
+from numba import njit, prange
+
+from ..quantize import QTensor
+
+BLOCK = 32  # inputs per group (one scale each), as in Q4_0
+
+
+# ----------------------------------------------------------------------------- layouts
+def _check_int4(q: torch.Tensor) -> None:
+    if q.dim() != 2 or q.shape[1] % BLOCK:
+        raise ValueError(f"the kernel takes (out, in) integers with in a multiple of {BLOCK}, got {tuple(q.shape)}")
+    if q.numel() and (int(q.min()) < -8 or int(q.max()) > 7):
+        raise ValueError("4-bit integers must lie in [-8, 7]")
+
+
+def pack_neighbours(q: torch.Tensor) -> np.ndarray:
+    """Chapter 4's layout: ``(out, in)`` integers -> ``uint8 (out, in / 2)``, byte ``j`` = ``q[2j]`` in the
+    low nibble and ``q[2j + 1]`` in the high one, each as a two's complement nibble."""
+    _check_int4(q)
+    u = (q.to(torch.int16) & 0xF).to(torch.uint8)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous().numpy()
+
+
+def pack_q4_0(q: torch.Tensor) -> np.ndarray:
+    """llama.cpp's Q4_0 layout: ``(out, in)`` integers -> ``uint8 (out, in / 2)``; in each block of 32
+    inputs, byte ``j`` holds ``q[j] + 8`` (low nibble) and ``q[j + 16] + 8`` (high nibble)."""
+    _check_int4(q)
+    u = (q.to(torch.int16) + 8).to(torch.uint8).reshape(q.shape[0], -1, 2, BLOCK // 2)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(q.shape[0], -1).contiguous().numpy()
+
+
+def block_scales(qt: QTensor) -> np.ndarray:
+    """The FP32 scales ``(out, in / 32)`` of symmetric integers in groups of 32 (zero-points refused)."""
+    if qt.bits != 4 or qt.group_size != BLOCK:
+        raise ValueError(f"the kernel takes 4-bit integers in groups of {BLOCK}, got bits={qt.bits}, group={qt.group_size}")
+    if bool((qt.zero != 0).any()):
+        raise ValueError("the kernel takes symmetric integers (w = q · d): these have zero-points")
+    return qt.scale.float().contiguous().numpy()
+
+
+def dequantize(q: torch.Tensor, scales: np.ndarray) -> torch.Tensor:
+    """The FP32 weight ``(out, in)`` the kernels compute with: ``q · d`` per group of 32."""
+    return q.float() * torch.from_numpy(np.ascontiguousarray(scales)).repeat_interleave(BLOCK, dim=1)
+
+
+def _check_call(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> None:
+    """A clear error instead of a crash or a silently wrong answer for what the kernels do not take."""
+    if not (isinstance(x, np.ndarray) and isinstance(packed, np.ndarray) and isinstance(scales, np.ndarray)):
+        raise TypeError("x, packed and scales must be numpy arrays (torch: tensor.numpy())")
+    if x.dtype != np.float32 or packed.dtype != np.uint8 or scales.dtype != np.float32:
+        raise TypeError(f"expected x float32, packed uint8, scales float32; got {x.dtype}, {packed.dtype}, {scales.dtype}")
+    if x.ndim != 1 or packed.ndim != 2 or scales.ndim != 2:
+        raise ValueError(f"expected x (in,), packed (out, in/2), scales (out, in/32); got {x.shape}, {packed.shape}, {scales.shape}")
+    if x.shape[0] % BLOCK or packed.shape != (scales.shape[0], x.shape[0] // 2) or scales.shape[1] != x.shape[0] // BLOCK:
+        raise ValueError(f"shapes do not fit: x {x.shape} (in must be a multiple of {BLOCK}), packed {packed.shape} "
+                         f"(out, in/2), scales {scales.shape} (out, in/32)")
+    if not (x.flags.c_contiguous and packed.flags.c_contiguous and scales.flags.c_contiguous):
+        raise ValueError("x, packed and scales must be C-contiguous (np.ascontiguousarray)")
+
+
+# ----------------------------------------------------------------------------- the steps
+@njit(cache=True)
+def _gemv_naive(x, packed, scales):
+    out, n = packed.shape[0], x.shape[0]
+    y = np.empty(out, dtype=np.float32)
+    for r in range(out):
+        acc = np.float32(0.0)
+        for i in range(n):
+            nib = (packed[r, i >> 1] >> ((i & 1) * 4)) & 15
+            q = np.int32(nib) - 16 if nib > 7 else np.int32(nib)
+            acc += q * scales[r, i // 32] * x[i]
+        y[r] = acc
+    return y
+
+
+@njit(fastmath=True, cache=True)
+def _gemv_q4_0(x, packed, scales):
+    out, blocks = scales.shape
+    y = np.empty(out, dtype=np.float32)
+    for r in range(out):
+        acc = np.float32(0.0)
+        for b in range(blocks):
+            s = np.float32(0.0)
+            for j in range(16):
+                byte = packed[r, b * 16 + j]
+                s += np.float32(np.int32(byte & 15) - 8) * x[b * 32 + j] + np.float32(np.int32(byte >> 4) - 8) * x[b * 32 + 16 + j]
+            acc += s * scales[r, b]
+        y[r] = acc
+    return y
+
+
+@njit(fastmath=True, parallel=True, cache=True)
+def _gemv_q4_0_threads(x, packed, scales):
+    out, blocks = scales.shape
+    y = np.empty(out, dtype=np.float32)
+    for r in prange(out):
+        acc = np.float32(0.0)
+        for b in range(blocks):
+            s = np.float32(0.0)
+            for j in range(16):
+                byte = packed[r, b * 16 + j]
+                s += np.float32(np.int32(byte & 15) - 8) * x[b * 32 + j] + np.float32(np.int32(byte >> 4) - 8) * x[b * 32 + 16 + j]
+            acc += s * scales[r, b]
+        y[r] = acc
+    return y
+
+
+@njit(fastmath=True, cache=True)
+def _quantize_blocks_int8(x):
+    """``x`` ``(in,)`` -> INT8 values ``(in,)`` and one scale per block of 32 (``max |x| / 127``)."""
+    blocks = x.shape[0] // 32
+    xq = np.empty(x.shape[0], dtype=np.int8)
+    sx = np.empty(blocks, dtype=np.float32)
+    for b in range(blocks):
+        amax = np.float32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[b * 32 + j]))
+        d = amax / np.float32(127.0)
+        sx[b] = d
+        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+        for j in range(32):
+            xq[b * 32 + j] = np.int8(round(x[b * 32 + j] * inv))
+    return xq, sx
+
+
+@njit(fastmath=True, parallel=True, cache=True)
+def _gemv_q4_0_w4a8(x, packed, scales):
+    out, blocks = scales.shape
+    xq, sx = _quantize_blocks_int8(x)
+    y = np.empty(out, dtype=np.float32)
+    for r in prange(out):
+        acc = np.float32(0.0)
+        for b in range(blocks):
+            s = np.int32(0)
+            for j in range(16):
+                byte = packed[r, b * 16 + j]
+                s += (np.int32(byte & 15) - 8) * np.int32(xq[b * 32 + j]) + (np.int32(byte >> 4) - 8) * np.int32(xq[b * 32 + 16 + j])
+            acc += np.float32(s) * scales[r, b] * sx[b]
+        y[r] = acc
+    return y
+
+
+@njit(fastmath=True, parallel=True, cache=True)
+def _matmul_q4_0(x, packed, scales):
+    """``x`` ``(T, in)`` -> ``(T, out)``: each block of a row is decoded once and used for all ``T`` rows
+    of ``x`` (the prompt's tokens)."""
+    out, blocks = scales.shape
+    t = x.shape[0]
+    y = np.empty((t, out), dtype=np.float32)
+    for r in prange(out):
+        w = np.empty(32, dtype=np.float32)
+        acc = np.zeros(t, dtype=np.float32)
+        for b in range(blocks):
+            d = scales[r, b]
+            for j in range(16):
+                byte = packed[r, b * 16 + j]
+                w[j] = np.float32(np.int32(byte & 15) - 8) * d
+                w[16 + j] = np.float32(np.int32(byte >> 4) - 8) * d
+            for i in range(t):
+                s = np.float32(0.0)
+                for j in range(32):
+                    s += w[j] * x[i, b * 32 + j]
+                acc[i] += s
+        for i in range(t):
+            y[i, r] = acc[i]
+    return y
+
+
+@njit(fastmath=True, parallel=True, cache=True)
+def _matmul_int8(x, weight, scale):
+    """``x`` ``(T, in)`` -> ``(T, out)`` for INT8 weights ``(out, in)`` with one FP32 scale per row."""
+    out, n = weight.shape
+    t = x.shape[0]
+    y = np.empty((t, out), dtype=np.float32)
+    for r in prange(out):
+        for i in range(t):
+            s = np.float32(0.0)
+            for j in range(n):
+                s += np.float32(weight[r, j]) * x[i, j]
+            y[i, r] = s * scale[r]
+    return y
+
+
+def gemv_naive(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Step 1: ``y = W x`` with ``packed`` in chapter 4's layout (:func:`pack_neighbours`). ``x`` ``(in,)``,
+    ``packed`` ``uint8 (out, in/2)``, ``scales`` ``(out, in/32)`` -> ``y`` ``(out,)``, all FP32 but packed."""
+    _check_call(x, packed, scales)
+    return _gemv_naive(x, packed, scales)
+
+
+def gemv_q4_0(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Step 2: the same product with ``packed`` in Q4_0's layout (:func:`pack_q4_0`), one thread."""
+    _check_call(x, packed, scales)
+    return _gemv_q4_0(x, packed, scales)
+
+
+def gemv_q4_0_threads(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Step 3: step 2 with the rows split over numba's threads (``numba.set_num_threads``)."""
+    _check_call(x, packed, scales)
+    return _gemv_q4_0_threads(x, packed, scales)
+
+
+def gemv_q4_0_w4a8(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Step 4: step 3 with ``x`` quantized to INT8 per block of 32 and integer sums per block (as
+    llama.cpp multiplies Q4_0 weights by Q8_0 activations). Not exact: ``x``'s rounding adds an error of
+    about ``max|x_block| / 254`` per element."""
+    _check_call(x, packed, scales)
+    return _gemv_q4_0_w4a8(x, packed, scales)
+
+
+STEPS = {"naive": gemv_naive, "q4_0": gemv_q4_0, "threads": gemv_q4_0_threads, "w4a8": gemv_q4_0_w4a8}
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` of numba's threads (at most the ones it started with); returns the count in use."""
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+# ----------------------------------------------------------------------------- as PyTorch layers
+@torch.library.custom_op("lightweight::q4_0_linear", mutates_args=())
+def q4_0_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, w4a8: bool) -> torch.Tensor:
+    """``(..., in) -> (..., out)`` FP32 through the numba kernels (one token: the GEMV of step 3 or 4;
+    several: :func:`_matmul_q4_0`), on ``torch.get_num_threads()`` threads."""
+    flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
+    p, s = packed.numpy(), scales.numpy()
+    set_threads(torch.get_num_threads())
+    if flat.shape[0] == 1:
+        y = (_gemv_q4_0_w4a8 if w4a8 else _gemv_q4_0_threads)(flat[0], p, s)[None]
+    else:
+        y = _matmul_q4_0(flat, p, s)
+    return torch.from_numpy(y).reshape(*x.shape[:-1], p.shape[0]).to(x.dtype)
+
+
+@q4_0_linear.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, w4a8: bool) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+@torch.library.custom_op("lightweight::int8_linear", mutates_args=())
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(..., in) -> (..., out)`` through an INT8 per-row-scale matrix ``(out, in)`` (numba, FP32)."""
+    flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
+    set_threads(torch.get_num_threads())
+    y = _matmul_int8(flat, weight.numpy(), scale.numpy())
+    return torch.from_numpy(y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+
+@int8_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+class Q4Linear(nn.Module):
+    """A linear layer ``(..., in) -> (..., out)`` over Q4_0-layout INT4 weights run by our numba kernel
+    (FP32 activations, no bias). ``w4a8=True`` quantizes the activations of one-token steps to INT8
+    per block (step 4); prompts always use the FP32 block matmul."""
+
+    def __init__(self, qtensor: QTensor, w4a8: bool = False):
+        super().__init__()
+        self.out_features, self.in_features = qtensor.q.shape
+        self.w4a8 = w4a8
+        self.register_buffer("packed", torch.from_numpy(pack_q4_0(qtensor.q)))
+        self.register_buffer("scales", torch.from_numpy(block_scales(qtensor)))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The FP32 weight ``(out, in)`` this layer computes with."""
+        p = self.packed.to(torch.int16).reshape(self.out_features, -1, 16)
+        q = torch.cat([(p & 15) - 8, (p >> 4) - 8], dim=-1).reshape(self.out_features, self.in_features)
+        return dequantize(q, self.scales.numpy())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs (..., {self.in_features}), got {tuple(x.shape)}")
+        return q4_0_linear(x, self.packed, self.scales, self.w4a8)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, w4a8={self.w4a8}"
+
+
+class Int8Linear(nn.Module):
+    """A linear layer ``(..., in) -> (..., out)`` over symmetric per-row INT8 weights, run by numba (FP32)."""
+
+    def __init__(self, qtensor: QTensor):
+        super().__init__()
+        if qtensor.bits != 8 or qtensor.group_size != qtensor.q.shape[1] or bool((qtensor.zero != 0).any()):
+            raise ValueError("Int8Linear takes symmetric per-row INT8 integers (bits=8, group_size=None)")
+        self.out_features, self.in_features = qtensor.q.shape
+        self.register_buffer("weight_int8", qtensor.q.to(torch.int8).contiguous())
+        self.register_buffer("scale", qtensor.scale[:, 0].float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs (..., {self.in_features}), got {tuple(x.shape)}")
+        return int8_linear(x, self.weight_int8, self.scale)
+
+
+def packed_bytes(out_features: int, in_features: int) -> int:
+    """Bytes a Q4_0-layout matrix of :class:`Q4Linear` occupies: 16 bytes of nibbles and a 4-byte FP32
+    scale per block of 32 (llama.cpp stores the scale in FP16: 18 bytes)."""
+    if in_features % BLOCK:
+        raise ValueError(f"in_features must be a multiple of {BLOCK}, got {in_features}")
+    return out_features * in_features // BLOCK * (16 + 4)
+
+
+__all__ = ["BLOCK", "pack_neighbours", "pack_q4_0", "block_scales", "dequantize", "gemv_naive", "gemv_q4_0",
+           "gemv_q4_0_threads", "gemv_q4_0_w4a8", "STEPS", "set_threads", "Q4Linear", "Int8Linear", "packed_bytes",
+           "q4_0_linear", "int8_linear"]
