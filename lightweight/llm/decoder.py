@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,26 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: t
     visible = torch.arange(k.shape[2], device=q.device)[None, :] <= pos[:, None]  # (T, S)
     scores = scores.masked_fill(~visible, float("-inf"))
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+@contextmanager
+def using(**pieces: Callable) -> Iterator[None]:
+    """Run the decoder with your own ``rms_norm``, ``apply_rope`` and/or ``attend`` (same signatures) in
+    place of this module's, and restore them afterwards, even on an error::
+
+        with using(rms_norm=my_rms_norm, attend=my_attend):
+            tokens = LeanLoop(lean).generate(prompt, 24)
+    """
+    unknown = set(pieces) - {"rms_norm", "apply_rope", "attend"}
+    if unknown:
+        raise ValueError(f"only rms_norm, apply_rope and attend can be replaced, got {sorted(unknown)}")
+    module = globals()
+    before = {name: module[name] for name in pieces}
+    module.update(pieces)
+    try:
+        yield
+    finally:
+        module.update(before)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -356,5 +377,5 @@ class LeanLoop:
         self._tg = self._holds = None
 
 
-__all__ = ["LlamaShape", "rms_norm", "rope_tables", "apply_rope", "attend", "KVCache", "Block", "LeanLlama",
+__all__ = ["LlamaShape", "using", "rms_norm", "rope_tables", "apply_rope", "attend", "KVCache", "Block", "LeanLlama",
            "from_hf", "fuse_qtensors", "block_linears", "swap_linears_", "LeanLoop", "FUSED"]

@@ -75,6 +75,30 @@ def gptq_int4(model: nn.Module, windows: torch.Tensor, group_size: int = 32, pro
     return {n: lowbit.qtensor_of(mod) for n, mod in m.named_modules() if isinstance(mod, Q.QuantizedLinear)}
 
 
+def gptq_int4_cached(model: nn.Module, tokenizer, n_windows: int = 16, group_size: int = 32,
+                     progress: bool = True) -> dict[str, Q.QTensor]:
+    """:func:`gptq_int4` on ``n_windows`` calibration windows (chapter 6's), computed once and then read
+    from a safetensors file beside the model's cache (``smollm2-135m-gptq/``): chapters 7 and 8 use
+    the same integers, and a second run of a notebook does not wait a minute for them. The file's name
+    holds the settings and the source model's SHA-256, so other settings or another model compute anew."""
+    from safetensors.torch import load_file, save_file
+
+    from .evaluation import calibration_windows
+    from .model import GGUF_SHA256, cache_dir
+
+    path = cache_dir().parent / "smollm2-135m-gptq" / f"gptq-int4-g{group_size}-w{n_windows}-{GGUF_SHA256[:12]}.safetensors"
+    if path.exists():
+        t = load_file(str(path))
+        names = sorted({k.rsplit(".", 1)[0] for k in t})
+        return {n: Q.QTensor(t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.zero"], 4, group_size) for n in names}
+    qts = gptq_int4(model, calibration_windows(tokenizer, n_windows), group_size, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({f"{n}.{f}": getattr(qt, f).contiguous() for n, qt in qts.items() for f in ("q", "scale", "zero")}, str(tmp))
+    tmp.replace(path)  # whole or absent, even if the run is interrupted
+    return qts
+
+
 def generator(model: nn.Module, prompt: torch.Tensor, new_tokens: int, pad_token_id: int = 0) -> Callable[[], None]:
     """A callable that greedily generates exactly ``new_tokens`` after ``prompt`` ``(batch, T)`` with
     transformers' ``generate``. Timing it times the prompt and the new tokens together; chapter 7 times

@@ -11,15 +11,19 @@ integers of chapter 7). The steps, each measured in chapter 8:
 2. :func:`gemv_q4_0`: llama.cpp's Q4_0 layout (byte ``j`` of a block holds elements ``j`` and
    ``j + 16`` as ``q + 8``): the inner loop reads 16 contiguous bytes and two contiguous halves of
    ``x``, and ``fastmath`` lets the compiler reorder the sums, so it becomes SIMD code.
-3. :func:`gemv_q4_0_threads`: the rows split across threads (``prange``).
-4. :func:`gemv_q4_0_w4a8`: llama.cpp's own trick: ``x`` quantized per block of 32 to INT8 (one scale
-   per block), the 32 products of a block summed as integers, one float multiply per block.
+3. :func:`gemv_q4_0_lanes`: the same work, but each of the 32 positions of a block keeps its own running
+   sum over all the blocks of a row (``acc[j] += q · x · d``), added up once at the end of the row,
+   instead of one horizontal sum of 32 products per block: what llama.cpp's SIMD loops do (a vector
+   accumulator, one ``fmadd`` per block, one horizontal sum per row).
+4. :func:`gemv_q4_0_threads`: step 3 with the rows split across threads (``prange``).
 
 :class:`Q4Linear` runs a layer with them (and :func:`int8_linear`'s kernel for an INT8 output head),
 through a ``torch.library`` operator so that ``torch.compile`` can keep it in its graph.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -116,54 +120,36 @@ def _gemv_q4_0(x, packed, scales):
     return y
 
 
+@njit(fastmath=True, cache=True)
+def _gemv_q4_0_lanes(x, packed, scales):
+    out, blocks = scales.shape
+    y = np.empty(out, dtype=np.float32)
+    acc = np.empty(32, dtype=np.float32)
+    for r in range(out):
+        acc[:] = 0.0
+        for b in range(blocks):
+            d = scales[r, b]
+            for j in range(16):
+                byte = packed[r, b * 16 + j]
+                acc[j] += np.float32(np.int32(byte & 15) - 8) * (x[b * 32 + j] * d)
+                acc[16 + j] += np.float32(np.int32(byte >> 4) - 8) * (x[b * 32 + 16 + j] * d)
+        y[r] = acc.sum()
+    return y
+
+
 @njit(fastmath=True, parallel=True, cache=True)
 def _gemv_q4_0_threads(x, packed, scales):
     out, blocks = scales.shape
     y = np.empty(out, dtype=np.float32)
     for r in prange(out):
-        acc = np.float32(0.0)
+        acc = np.zeros(32, dtype=np.float32)
         for b in range(blocks):
-            s = np.float32(0.0)
+            d = scales[r, b]
             for j in range(16):
                 byte = packed[r, b * 16 + j]
-                s += np.float32(np.int32(byte & 15) - 8) * x[b * 32 + j] + np.float32(np.int32(byte >> 4) - 8) * x[b * 32 + 16 + j]
-            acc += s * scales[r, b]
-        y[r] = acc
-    return y
-
-
-@njit(fastmath=True, cache=True)
-def _quantize_blocks_int8(x):
-    """``x`` ``(in,)`` -> INT8 values ``(in,)`` and one scale per block of 32 (``max |x| / 127``)."""
-    blocks = x.shape[0] // 32
-    xq = np.empty(x.shape[0], dtype=np.int8)
-    sx = np.empty(blocks, dtype=np.float32)
-    for b in range(blocks):
-        amax = np.float32(0.0)
-        for j in range(32):
-            amax = max(amax, abs(x[b * 32 + j]))
-        d = amax / np.float32(127.0)
-        sx[b] = d
-        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-        for j in range(32):
-            xq[b * 32 + j] = np.int8(round(x[b * 32 + j] * inv))
-    return xq, sx
-
-
-@njit(fastmath=True, parallel=True, cache=True)
-def _gemv_q4_0_w4a8(x, packed, scales):
-    out, blocks = scales.shape
-    xq, sx = _quantize_blocks_int8(x)
-    y = np.empty(out, dtype=np.float32)
-    for r in prange(out):
-        acc = np.float32(0.0)
-        for b in range(blocks):
-            s = np.int32(0)
-            for j in range(16):
-                byte = packed[r, b * 16 + j]
-                s += (np.int32(byte & 15) - 8) * np.int32(xq[b * 32 + j]) + (np.int32(byte >> 4) - 8) * np.int32(xq[b * 32 + 16 + j])
-            acc += np.float32(s) * scales[r, b] * sx[b]
-        y[r] = acc
+                acc[j] += np.float32(np.int32(byte & 15) - 8) * (x[b * 32 + j] * d)
+                acc[16 + j] += np.float32(np.int32(byte >> 4) - 8) * (x[b * 32 + 16 + j] * d)
+        y[r] = acc.sum()
     return y
 
 
@@ -221,21 +207,19 @@ def gemv_q4_0(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarr
     return _gemv_q4_0(x, packed, scales)
 
 
+def gemv_q4_0_lanes(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Step 3: step 2 with 32 running sums per row (one per position of a block), added up once per row."""
+    _check_call(x, packed, scales)
+    return _gemv_q4_0_lanes(x, packed, scales)
+
+
 def gemv_q4_0_threads(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Step 3: step 2 with the rows split over numba's threads (``numba.set_num_threads``)."""
+    """Step 4: step 3 with the rows split over numba's threads (:func:`set_threads`)."""
     _check_call(x, packed, scales)
     return _gemv_q4_0_threads(x, packed, scales)
 
 
-def gemv_q4_0_w4a8(x: np.ndarray, packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Step 4: step 3 with ``x`` quantized to INT8 per block of 32 and integer sums per block (as
-    llama.cpp multiplies Q4_0 weights by Q8_0 activations). Not exact: ``x``'s rounding adds an error of
-    about ``max|x_block| / 254`` per element."""
-    _check_call(x, packed, scales)
-    return _gemv_q4_0_w4a8(x, packed, scales)
-
-
-STEPS = {"naive": gemv_naive, "q4_0": gemv_q4_0, "threads": gemv_q4_0_threads, "w4a8": gemv_q4_0_w4a8}
+STEPS = {"naive": gemv_naive, "q4_0": gemv_q4_0, "lanes": gemv_q4_0_lanes, "threads": gemv_q4_0_threads}
 
 
 def set_threads(n: int) -> int:
@@ -245,23 +229,91 @@ def set_threads(n: int) -> int:
     return n
 
 
+# ----------------------------------------------------------------------------- how fast each step is
+SHAPES = {"attn q/k/v": (960, 576), "attn o": (576, 576), "mlp gate/up": (3072, 576), "mlp down": (576, 1536),
+          "large (11008, 4096)": (11008, 4096)}  # SmolLM2's fused layers (out, in), and a 7B model's MLP matrix
+
+
+def step_speeds(steps: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] | None = None,
+                shapes: dict[str, tuple[int, int]] | None = None, rounds: int = 7, min_seconds: float = 0.02,
+                references: bool = True, seed: int = 0, progress: bool = True) -> dict[str, dict[str, float]]:
+    """GB/s of each GEMV on each shape, at batch 1: bytes of the matrix as stored (packed INT4 + FP32
+    scales for ours; aten's packed INT4 + its BF16 scale-and-zero table, the same 20 bytes per 32
+    weights; 4 or 2 bytes per weight for ``F.linear`` in FP32 / BF16) over the median seconds of one call.
+
+    ``steps``: name -> kernel ``(x, packed, scales) -> y`` (default :data:`STEPS`; a name containing
+    "naive" gets chapter 4's layout, the others Q4_0's). ``references`` adds aten's int4 kernel (BF16
+    activations) and ``F.linear`` FP32 and BF16. Calls are repeated to last ``min_seconds`` per timing;
+    ``rounds`` timings per kernel, interleaved. Returns ``{shape: {kernel: GB/s}}``."""
+    import statistics
+    import time
+
+    import torch.nn.functional as F
+
+    from ..quantize import quantize_tensor
+    from ..train import progress_bar
+    from .lowbit import Int4WeightOnlyLinear
+
+    steps = dict(STEPS if steps is None else steps)
+    out: dict[str, dict[str, float]] = {}
+    for label, (rows, cols) in progress_bar(list((shapes or SHAPES).items()), progress, desc="GEMV"):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(rows, cols, generator=g) / cols ** 0.5
+        qt = quantize_tensor(w, bits=4, group_size=BLOCK)
+        scales = block_scales(qt)
+        x = torch.randn(cols, generator=g)
+        xn = x.numpy()
+        layouts = {"neighbours": pack_neighbours(qt.q), "q4_0": pack_q4_0(qt.q)}
+        calls: dict[str, tuple[Callable[[], object], int]] = {}
+        int4_bytes = packed_bytes(rows, cols)
+        for name, fn in steps.items():
+            packed = layouts["neighbours" if "naive" in name else "q4_0"]
+            calls[name] = ((lambda f=fn, p=packed: f(xn, p, scales)), int4_bytes)
+        if references:
+            linear = torch.nn.Linear(cols, rows, bias=False)
+            with torch.no_grad():
+                linear.weight.copy_(w)
+            aten = Int4WeightOnlyLinear(linear, qt)
+            xb, wb = x[None].to(torch.bfloat16), w.to(torch.bfloat16)
+            aten_bytes = aten.weight_int4pack.numel() + aten.scales_and_zeros.numel() * 2
+            calls["aten int4"] = (lambda: aten(xb), aten_bytes)
+            calls["F.linear fp32"] = (lambda: F.linear(x[None], w), rows * cols * 4)
+            calls["F.linear bf16"] = (lambda: F.linear(xb, wb), rows * cols * 2)
+        number = {}
+        with torch.inference_mode():
+            for name, (fn, _) in calls.items():  # warm-up (compiles), then calls per timing
+                fn()
+                start = time.perf_counter()
+                fn()
+                number[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
+            times: dict[str, list[float]] = {n: [] for n in calls}
+            for _ in range(rounds):
+                for name, (fn, _) in calls.items():
+                    start = time.perf_counter()
+                    for _ in range(number[name]):
+                        fn()
+                    times[name].append((time.perf_counter() - start) / number[name])
+        out[label] = {n: calls[n][1] / statistics.median(t) / 1e9 for n, t in times.items()}
+    return out
+
+
 # ----------------------------------------------------------------------------- as PyTorch layers
 @torch.library.custom_op("lightweight::q4_0_linear", mutates_args=())
-def q4_0_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, w4a8: bool) -> torch.Tensor:
-    """``(..., in) -> (..., out)`` FP32 through the numba kernels (one token: the GEMV of step 3 or 4;
+def q4_0_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``(..., in) -> (..., out)`` FP32 through the numba kernels (one token: the GEMV of step 4;
     several: :func:`_matmul_q4_0`), on ``torch.get_num_threads()`` threads."""
     flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
     p, s = packed.numpy(), scales.numpy()
     set_threads(torch.get_num_threads())
     if flat.shape[0] == 1:
-        y = (_gemv_q4_0_w4a8 if w4a8 else _gemv_q4_0_threads)(flat[0], p, s)[None]
+        y = _gemv_q4_0_threads(flat[0], p, s)[None]
     else:
         y = _matmul_q4_0(flat, p, s)
     return torch.from_numpy(y).reshape(*x.shape[:-1], p.shape[0]).to(x.dtype)
 
 
 @q4_0_linear.register_fake
-def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, w4a8: bool) -> torch.Tensor:
+def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], packed.shape[0])
 
 
@@ -281,13 +333,11 @@ def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
 
 class Q4Linear(nn.Module):
     """A linear layer ``(..., in) -> (..., out)`` over Q4_0-layout INT4 weights run by our numba kernel
-    (FP32 activations, no bias). ``w4a8=True`` quantizes the activations of one-token steps to INT8
-    per block (step 4); prompts always use the FP32 block matmul."""
+    (FP32 activations, no bias): one token by the GEMV of step 4, a prompt by a block matmul."""
 
-    def __init__(self, qtensor: QTensor, w4a8: bool = False):
+    def __init__(self, qtensor: QTensor):
         super().__init__()
         self.out_features, self.in_features = qtensor.q.shape
-        self.w4a8 = w4a8
         self.register_buffer("packed", torch.from_numpy(pack_q4_0(qtensor.q)))
         self.register_buffer("scales", torch.from_numpy(block_scales(qtensor)))
 
@@ -300,10 +350,10 @@ class Q4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs (..., {self.in_features}), got {tuple(x.shape)}")
-        return q4_0_linear(x, self.packed, self.scales, self.w4a8)
+        return q4_0_linear(x, self.packed, self.scales)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, w4a8={self.w4a8}"
+        return f"{self.in_features}, {self.out_features}"
 
 
 class Int8Linear(nn.Module):
@@ -332,5 +382,5 @@ def packed_bytes(out_features: int, in_features: int) -> int:
 
 
 __all__ = ["BLOCK", "pack_neighbours", "pack_q4_0", "block_scales", "dequantize", "gemv_naive", "gemv_q4_0",
-           "gemv_q4_0_threads", "gemv_q4_0_w4a8", "STEPS", "set_threads", "Q4Linear", "Int8Linear", "packed_bytes",
-           "q4_0_linear", "int8_linear"]
+           "gemv_q4_0_lanes", "gemv_q4_0_threads", "STEPS", "set_threads", "Q4Linear", "Int8Linear", "packed_bytes",
+           "q4_0_linear", "int8_linear", "SHAPES", "step_speeds"]

@@ -6,9 +6,8 @@
 - ``int4-aten``: the blocks' INT4 integers (groups of 32) run by aten's ``_weight_int4pack_mm_for_cpu``
   with BF16 activations, the output head INT8 per row by ``_weight_int8pack_mm`` (chapter 7's
   ``int4-ours-head8``);
-- ``int4-numba`` / ``int4-numba-w4a8``: the same integers run by chapter 8's numba kernel
-  (:mod:`lightweight.llm.kernel`, FP32 activations; ``w4a8`` quantizes them to INT8 per block of 32 in
-  one-token steps), the same INT8 head by a numba kernel.
+- ``int4-numba``: the same integers run by chapter 8's numba kernel (:mod:`lightweight.llm.kernel`, FP32
+  activations), the same INT8 head by a numba kernel.
 
 :func:`step_profile` splits the time of decoding steps into the matrix kernels and everything else.
 """
@@ -28,7 +27,7 @@ from . import kernel as K
 from . import lowbit
 from .decoder import LeanLlama, fuse_qtensors, swap_linears_
 
-LEAN_PATHS = ("fp32", "bf16", "int4-aten", "int4-numba", "int4-numba-w4a8")
+LEAN_PATHS = ("fp32", "bf16", "int4-aten", "int4-numba")
 
 
 def rtn_int4(lean: LeanLlama, group_size: int = 32) -> dict[str, Q.QTensor]:
@@ -64,8 +63,7 @@ def build_lean(lean: LeanLlama, name: str, qtensors: dict[str, Q.QTensor] | None
         head.weight = nn.Parameter(head_weight)
         m.head = lowbit.Int8WeightOnlyLinear(head, head_qt)
     else:
-        w4a8 = name.endswith("w4a8")
-        swap_linears_(m, lambda n, layer: K.Q4Linear(qts[n], w4a8=w4a8))
+        swap_linears_(m, lambda n, layer: K.Q4Linear(qts[n]))
         m.head = K.Int8Linear(head_qt)
     return m
 
