@@ -25,7 +25,7 @@ from lightweight import distill as D
 from lightweight import lowrank as L
 from lightweight import prune as P
 from lightweight import quantize as Q
-from lightweight.course.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07
+from lightweight.course.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08
 from lightweight.advise import quality_drop
 from lightweight.course.grade import exercises_of
 
@@ -1555,6 +1555,154 @@ def permute_as_one_head(w, n_head):
 @mutant(ch07.permute_qk, "thứ tự hàng chưa đúng")
 def permute_nothing(w, n_head):
     return w.clone()
+
+
+# ----------------------------------------------------------------------------- chapter 8
+@mutant(ch08.rms_norm, "LayerNorm")
+def rms_layernorm(x, weight, eps):
+    h = x.float()
+    return weight * ((h - h.mean(-1, keepdim=True)) * torch.rsqrt(h.var(-1, keepdim=True, unbiased=False) + eps)).to(x.dtype)
+
+
+@mutant(ch08.rms_norm, "eps nằm ngoài căn")
+def rms_eps_outside(x, weight, eps):
+    h = x.float()
+    return weight * (h / (h.pow(2).mean(-1, keepdim=True).sqrt() + eps)).to(x.dtype)
+
+
+@mutant(ch08.rms_norm, "tổng bình phương")
+def rms_sum(x, weight, eps):
+    h = x.float()
+    return weight * (h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@mutant(ch08.rms_norm, "thiếu trọng số")
+def rms_no_gain(x, weight, eps):
+    h = x.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@mutant(ch08.rms_norm, "BF16")
+def rms_in_input_dtype(x, weight, eps):  # right in FP32, squares rounded to BF16 for a BF16 input
+    x = x.to(torch.bfloat16) if x.dtype == torch.bfloat16 else x
+    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1 + 0.05 * (x.dtype == torch.bfloat16))
+
+
+@mutant(ch08.apply_rope, "kề nhau")
+def rope_neighbours(x, cos, sin):
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+
+
+@mutant(ch08.apply_rope, "bị ngược")
+def rope_backwards(x, cos, sin):
+    h = x.shape[-1] // 2
+    return torch.cat([x[..., :h] * cos + x[..., h:] * sin, x[..., h:] * cos - x[..., :h] * sin], dim=-1)
+
+
+@mutant(ch08.apply_rope, "đổi chỗ")
+def rope_cos_sin_swapped(x, cos, sin):
+    h = x.shape[-1] // 2
+    return torch.cat([x[..., :h] * sin - x[..., h:] * cos, x[..., h:] * sin + x[..., :h] * cos], dim=-1)
+
+
+@mutant(ch08.apply_rope, "nửa đầu")
+def rope_first_half_only(x, cos, sin):
+    h = x.shape[-1] // 2
+    return torch.cat([x[..., :h] * cos - x[..., h:] * sin, x[..., h:]], dim=-1)
+
+
+def _attend(q, k, v, pos, visible=lambda s, p: s <= p, tile=False, scale=True, axis=-1):
+    rep = q.shape[1] // k.shape[1]
+    k = k.repeat(1, rep, 1, 1) if tile else k.repeat_interleave(rep, dim=1)
+    v = v.repeat(1, rep, 1, 1) if tile else v.repeat_interleave(rep, dim=1)
+    scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5 if scale else 1.0)
+    scores = scores.masked_fill(~visible(torch.arange(k.shape[2])[None, :], pos[:, None]), float("-inf"))
+    return torch.nan_to_num(torch.softmax(scores, dim=axis)) @ v
+
+
+@mutant(ch08.attend, "chưa che")
+def attend_no_mask(q, k, v, pos):
+    return _attend(q, k, v, pos, visible=lambda s, p: s >= 0)
+
+
+@mutant(ch08.attend, "lệch một ô")
+def attend_excludes_itself(q, k, v, pos):
+    return _attend(q, k, v, pos, visible=lambda s, p: s < p)
+
+
+@mutant(ch08.attend, "repeat_interleave")
+def attend_tiled_heads(q, k, v, pos):
+    return _attend(q, k, v, pos, tile=True)
+
+
+@mutant(ch08.attend, "1/sqrt(D)")
+def attend_unscaled(q, k, v, pos):
+    return _attend(q, k, v, pos, scale=False)
+
+
+@mutant(ch08.attend, "chiều các ô")
+def attend_softmax_over_queries(q, k, v, pos):
+    return _attend(q, k, v, pos, axis=-2)
+
+
+def _numba(fn):
+    from numba import njit
+
+    return njit(fastmath=True)(fn)
+
+
+def _naive_body(name, sign=True, swap=False, by_byte=False, scaled=True):
+    def gemv(x, packed, scales):
+        out, n = packed.shape[0], x.shape[0]
+        y = np.zeros(out, dtype=np.float32)
+        for r in range(out):
+            acc = 0.0
+            for i in range(n):
+                shift = 4 * (1 - i % 2) if swap else 4 * (i % 2)
+                nib = np.int32((packed[r, i // 2] >> shift) & 15)
+                q = nib - 16 if (sign and nib > 7) else nib
+                acc += q * (scales[r, (i // 2 if by_byte else i) // 32] if scaled else 1.0) * x[i]
+            y[r] = acc
+        return y
+
+    gemv.__name__ = name
+    return gemv
+
+
+mutant(ch08.gemv_naive, "mở rộng dấu")(_numba(_naive_body("gemv_no_sign", sign=False)))
+mutant(ch08.gemv_naive, "hai nửa byte bị đảo")(_numba(_naive_body("gemv_nibbles_swapped", swap=True)))
+mutant(ch08.gemv_naive, "chỉ số byte")(_numba(_naive_body("gemv_group_of_byte", by_byte=True)))
+mutant(ch08.gemv_naive, "thiếu scale")(_numba(_naive_body("gemv_no_scale", scaled=False)))
+mutant(ch08.gemv_naive, "chưa được numba biên dịch")(_naive_body("gemv_python"))
+
+
+def _q4_0_body(name, offset=8, halves_swapped=False):
+    def gemv(x, packed, scales):
+        out, blocks = scales.shape
+        y = np.zeros(out, dtype=np.float32)
+        for r in range(out):
+            acc = 0.0
+            for b in range(blocks):
+                s = 0.0
+                for j in range(16):
+                    byte = np.int32(packed[r, b * 16 + j])
+                    lo, hi = (byte & 15) - offset, (byte >> 4) - offset
+                    if halves_swapped:
+                        lo, hi = hi, lo
+                    s += lo * x[b * 32 + j] + hi * x[b * 32 + 16 + j]
+                acc += s * scales[r, b]
+            y[r] = acc
+        return y
+
+    gemv.__name__ = name
+    return gemv
+
+
+mutant(ch08.gemv_q4_0, "trừ 8")(_numba(_q4_0_body("q40_no_offset", offset=0)))
+mutant(ch08.gemv_q4_0, "hai nửa bị đảo")(_numba(_q4_0_body("q40_halves_swapped", halves_swapped=True)))
+mutant(ch08.gemv_q4_0, "vòng lặp của bài tập 4")(_numba(_naive_body("q40_exercise_1_loop")))
+mutant(ch08.gemv_q4_0, "chưa được numba biên dịch")(_q4_0_body("q40_python"))
 
 
 # ----------------------------------------------------------------------------- the tests

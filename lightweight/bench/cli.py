@@ -18,14 +18,14 @@ from pathlib import Path
 from ..console import safe_console
 from ..machine import describe
 from ..train import progress_bar
-from . import baseline, combine, distillation, fast, llm, lowrank, pruning, quantization
+from . import baseline, combine, decoder, distillation, fast, llm, lowrank, pruning, quantization
 from .core import CHAPTERS, BenchContext, load_results, to_markdown
 
 BENCHMARKS: dict[str, Callable[[BenchContext], list[dict]]] = {
     "baseline": baseline.baseline_rows, "distillation": distillation.distillation_rows,
     "pruning": pruning.pruning_rows, "lowrank": lowrank.lowrank_rows,
     "quantization": quantization.quantization_rows, "combine": combine.combine_rows,
-    "llm": llm.llm_rows, "fast": fast.fast_bench,
+    "llm": llm.llm_rows, "fast": fast.fast_bench, "decoder": decoder.decoder_bench,
 }
 assert tuple(BENCHMARKS) == CHAPTERS, "every chapter of core.CHAPTERS has one benchmark, in order"
 

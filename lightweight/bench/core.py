@@ -15,10 +15,10 @@ from pathlib import Path
 
 from ..machine import describe
 
-CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine", "llm", "fast")
+CHAPTERS = ("baseline", "distillation", "pruning", "lowrank", "quantization", "combine", "llm", "fast", "decoder")
 MODELS = ("digits-cnn", "tinygpt", "minilm", "smollm2-135m")
 METRICS = ("accuracy", "val_loss", "cosine", "top10", "ppl", "bpb", "kl")
-SPEED_METRICS = ("pp", "tg")  # tokens/s of prompt processing and of text generation (chapter 7), not quality
+SPEED_METRICS = ("pp", "tg", "gbs")  # tokens/s of prompt processing and generation (chapters 7, 8); a kernel's GB/s (8)
 FAMILIES = ("fp32", "int8", "int4", "fp8", "magnitude", "wanda", "sparsegpt", "structured",
             "svd", "asvd", "kd", "scratch", "combo", "int3", "text", "bf16", "fp16")
 SETTING_KEYS = {"bits", "group_size", "sparsity", "rank", "param_ratio", "temperature", "alpha", "part", "batch",
@@ -38,7 +38,7 @@ CHAPTER_NUMBERS = {name: i for i, name in enumerate(CHAPTERS)}
 MODELS_VI = {"digits-cnn": "CNN chữ số", "tinygpt": "TinyGPT", "minilm": "MiniLM", "smollm2-135m": "SmolLM2-135M"}
 METRICS_VI = {"accuracy": "độ chính xác (%)", "val_loss": "loss kiểm định", "cosine": "cosine", "top10": "top-10",
               "ppl": "perplexity", "bpb": "bit trên byte", "kl": "KL (nat/token)",
-              "pp": "xử lý lời nhắc (token/s)", "tg": "sinh văn bản (token/s)"}
+              "pp": "xử lý lời nhắc (token/s)", "tg": "sinh văn bản (token/s)", "gbs": "GB/s của ma trận (lô 1)"}
 NEEDS_VI = {"none": "không gì", "calibration": "dữ liệu hiệu chỉnh", "training": "huấn luyện lại"}
 
 

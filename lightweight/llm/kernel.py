@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 import torch
+import torch.profiler
 import torch.nn as nn
 from numba import njit, prange
 
@@ -225,8 +226,26 @@ STEPS = {"naive": gemv_naive, "q4_0": gemv_q4_0, "lanes": gemv_q4_0_lanes, "thre
 def set_threads(n: int) -> int:
     """Use ``n`` of numba's threads (at most the ones it started with); returns the count in use."""
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
     return n
+
+
+def _q4_0_forward(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
+    p, s = packed.numpy(), scales.numpy()
+    set_threads(torch.get_num_threads())
+    with torch.profiler.record_function("lightweight::q4_0_linear"):  # seen by a profiler as a kernel
+        y = _gemv_q4_0_threads(flat[0], p, s)[None] if flat.shape[0] == 1 else _matmul_q4_0(flat, p, s)
+    return torch.from_numpy(y).reshape(*x.shape[:-1], p.shape[0]).to(x.dtype)
+
+
+def _int8_forward(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
+    set_threads(torch.get_num_threads())
+    with torch.profiler.record_function("lightweight::int8_linear"):
+        y = _matmul_int8(flat, weight.numpy(), scale.numpy())
+    return torch.from_numpy(y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- how fast each step is
@@ -302,14 +321,7 @@ def step_speeds(steps: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], 
 def q4_0_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``(..., in) -> (..., out)`` FP32 through the numba kernels (one token: the GEMV of step 4;
     several: :func:`_matmul_q4_0`), on ``torch.get_num_threads()`` threads."""
-    flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
-    p, s = packed.numpy(), scales.numpy()
-    set_threads(torch.get_num_threads())
-    if flat.shape[0] == 1:
-        y = _gemv_q4_0_threads(flat[0], p, s)[None]
-    else:
-        y = _matmul_q4_0(flat, p, s)
-    return torch.from_numpy(y).reshape(*x.shape[:-1], p.shape[0]).to(x.dtype)
+    return _q4_0_forward(x, packed, scales)
 
 
 @q4_0_linear.register_fake
@@ -320,10 +332,7 @@ def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tens
 @torch.library.custom_op("lightweight::int8_linear", mutates_args=())
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``(..., in) -> (..., out)`` through an INT8 per-row-scale matrix ``(out, in)`` (numba, FP32)."""
-    flat = x.reshape(-1, x.shape[-1]).float().contiguous().numpy()
-    set_threads(torch.get_num_threads())
-    y = _matmul_int8(flat, weight.numpy(), scale.numpy())
-    return torch.from_numpy(y).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+    return _int8_forward(x, weight, scale)
 
 
 @int8_linear.register_fake
@@ -350,7 +359,9 @@ class Q4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs (..., {self.in_features}), got {tuple(x.shape)}")
-        return q4_0_linear(x, self.packed, self.scales)
+        if torch.compiler.is_compiling():  # an operator the compiler keeps in its graph
+            return q4_0_linear(x, self.packed, self.scales)
+        return _q4_0_forward(x, self.packed, self.scales)  # eager: skip the operator's dispatch (tens of µs)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}"
@@ -370,7 +381,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs (..., {self.in_features}), got {tuple(x.shape)}")
-        return int8_linear(x, self.weight_int8, self.scale)
+        if torch.compiler.is_compiling():
+            return int8_linear(x, self.weight_int8, self.scale)
+        return _int8_forward(x, self.weight_int8, self.scale)
 
 
 def packed_bytes(out_features: int, in_features: int) -> int:

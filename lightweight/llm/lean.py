@@ -15,8 +15,11 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +71,29 @@ def build_lean(lean: LeanLlama, name: str, qtensors: dict[str, Q.QTensor] | None
     return m
 
 
+def weight_bytes_per_token(lean: LeanLlama) -> int:
+    """Bytes of weights one decoding step reads from a built lean path (what is really stored): every
+    tensor of the blocks' layers and norms, the final norm, the output head, and one row of the
+    embedding (the whole table when the head shares it). The caches and rotary tables are not weights."""
+    tensors: dict[int, int] = {}
+
+    def add(module: nn.Module) -> None:
+        for t in list(module.parameters()) + list(module.buffers()):
+            tensors[t.data_ptr()] = t.numel() * t.element_size()
+
+    for blk in lean.blocks:
+        for name in ("wqkv", "wo", "w13", "w2"):
+            add(getattr(blk, name))
+        for norm in (blk.attn_norm, blk.ffn_norm):
+            tensors[norm.data_ptr()] = norm.numel() * norm.element_size()
+    tensors[lean.norm.data_ptr()] = lean.norm.numel() * lean.norm.element_size()
+    add(lean.head)
+    emb = lean.embed.weight
+    if emb.data_ptr() not in tensors:
+        tensors[emb.data_ptr()] = emb.shape[1] * emb.element_size()
+    return sum(tensors.values())
+
+
 # ----------------------------------------------------------------------------- where the time goes
 KERNEL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
               "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm",
@@ -91,6 +117,21 @@ class StepProfile:
         return self.kernel_s / self.total_s
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send the process's standard error (file descriptor 2) to the null device for the body: the
+    profiler's C++ library logs its start and stop there, which a notebook would print in every cell."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def step_profile(run: Callable[[], object], tokens: int) -> StepProfile:
     """Profile one call of ``run`` (which generates ``tokens`` tokens) with ``torch.profiler`` and split
     its time into the matrix products (:data:`KERNEL_OPS`, self time plus the time of aten::mm called
@@ -100,7 +141,7 @@ def step_profile(run: Callable[[], object], tokens: int) -> StepProfile:
         raise ValueError(f"tokens must be >= 1, got {tokens}")
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         run()
         total = time.perf_counter() - start
@@ -108,8 +149,8 @@ def step_profile(run: Callable[[], object], tokens: int) -> StepProfile:
     for e in prof.key_averages():
         calls += e.count
         if e.key in KERNEL_OPS and e.key not in _OUTER:
-            kernel_us += e.cpu_time_total if e.key.startswith("lightweight::") else e.self_cpu_time_total
+            kernel_us += e.self_cpu_time_total
     return StepProfile(kernel_us / 1e6 / tokens, total / tokens, calls / tokens, tokens)
 
 
-__all__ = ["LEAN_PATHS", "rtn_int4", "build_lean", "KERNEL_OPS", "StepProfile", "step_profile"]
+__all__ = ["LEAN_PATHS", "rtn_int4", "build_lean", "weight_bytes_per_token", "KERNEL_OPS", "StepProfile", "step_profile"]

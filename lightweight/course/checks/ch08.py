@@ -123,21 +123,21 @@ def _attn(q, k, v, pos, rep="interleave", scale=True, mask="le", axis=-1):
     return torch.nan_to_num(torch.softmax(s, dim=axis)) @ v
 
 
-@exercise("ch08.attend", "Một bước chú ý với bộ nhớ đệm KV và nhóm đầu")
+@exercise("ch08.attend", "Một bước chú ý với bộ đệm KV và nhóm đầu")
 def attend(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     cases = [_attn_inputs(*c, seed=30 + i) for i, c in enumerate(ATTN_CASES)]
     got = [as_tensor(call(fn, q, k, v, p, names=["q", "k_cache", "v_cache", "pos"]),
                      f"attend với q {tuple(q.shape)}, cache {tuple(k.shape)}", shape=q.shape) for q, k, v, p in cases]
     want = [D.attend(q, k, v, p) for q, k, v, p in cases]
     recognise(got, {
-        "bạn chưa che (mask) các ô phía sau vị trí hiện tại: bộ nhớ đệm cấp phát sẵn còn ô trống hay ô cũ, "
+        "bạn chưa che (mask) các ô phía sau vị trí hiện tại: bộ đệm KV cấp phát sẵn còn ô trống hay ô cũ, "
         "truy vấn ở vị trí p chỉ được thấy các ô s ≤ p.": [_attn(q, k, v, p, mask="none") for q, k, v, p in cases],
         "lệch một ô: truy vấn ở vị trí p phải thấy cả chính nó (s ≤ p, không phải s < p), vì khóa của nó vừa được ghi.":
             [_attn(q, k, v, p, mask="lt") for q, k, v, p in cases],
         "đầu truy vấn h dùng đầu khóa–giá trị h // (H/KV) (repeat_interleave), không phải h % KV (repeat).":
             [_attn(q, k, v, p, rep="tile") for q, k, v, p in cases],
         "thiếu hệ số 1/sqrt(D) trước softmax.": [_attn(q, k, v, p, scale=False) for q, k, v, p in cases],
-        "softmax phải lấy theo chiều các ô của bộ nhớ đệm (chiều cuối của điểm số), không phải theo các truy vấn.":
+        "softmax phải lấy theo chiều các ô của bộ đệm KV (chiều cuối của điểm số), không phải theo các truy vấn.":
             [_attn(q, k, v, p, axis=-2) for q, k, v, p in cases],
     }, lambda a, b: _close(a, b, 1e-4), want)
     for (q, k, _, p), a, b in zip(cases, got, want):
@@ -204,14 +204,15 @@ def _mistakes_naive(q: torch.Tensor, scales: np.ndarray, x: np.ndarray) -> dict:
     u = nibbles.to(torch.int8)
     pairs = q.reshape(q.shape[0], -1, 2)
     swapped = pairs.flip(-1).reshape(q.shape)
-    per16 = torch.from_numpy(np.repeat(scales, 2, axis=1))  # a scale per 16 inputs (i // 16): wrong groups
+    by_byte = torch.from_numpy(scales).repeat_interleave(64, dim=1)[:, : q.shape[1]]  # group of the byte index: i // 2 // 32
     return {
         "chưa mở rộng dấu: nửa byte (nibble) 8..15 là số âm −8..−1 theo bù hai (lấy nib − 16 khi nib > 7).":
             _reference(u, scales, x),
         "hai nửa byte bị đảo: phần tử chẵn 2j ở 4 bit thấp (byte & 15), phần tử lẻ 2j+1 ở 4 bit cao (byte >> 4).":
             _reference(swapped, scales, x),
-        "mỗi nhóm 32 đầu vào có một scale: chỉ số scale là i // 32, không phải i // 16.":
-            (q.double() * per16[:, : q.shape[1] // 16].repeat_interleave(16, dim=1).double() @ torch.from_numpy(x).double()).numpy(),
+        "nhóm tính theo chỉ số phần tử, không theo chỉ số byte: scale của phần tử i là scales[r, i // 32] "
+        "(một nhóm 32 phần tử chiếm 16 byte).":
+            (q.double() * by_byte.double() @ torch.from_numpy(x).double()).numpy(),
         "thiếu scale: mỗi trọng số là q · d của nhóm nó.": (q.double() @ torch.from_numpy(x).double()).numpy(),
     }
 
@@ -224,7 +225,7 @@ def _mistakes_q4_0(q: torch.Tensor, scales: np.ndarray, x: np.ndarray) -> dict:
     pairs = neighbours + 8
     naive = torch.where(pairs > 7, pairs - 16, pairs)  # the loop of exercise 1 run on Q4_0 bytes
     return {
-        "đây là vòng lặp của bài 1 chạy trên byte Q4_0: bố cục đã đổi. Byte j của một khối chứa u[j] = q[j] + 8 "
+        "đây là vòng lặp của bài tập 4 (gemv_naive) chạy trên byte Q4_0: bố cục đã đổi. Byte j của một khối chứa u[j] = q[j] + 8 "
         "(4 bit thấp) và u[j + 16] (4 bit cao): q = nib − 8, không còn bù hai, và hai phần tử của byte cách nhau 16.":
             _reference(naive.to(torch.int8), scales, x),
         "bạn đọc byte j như bố cục của chương 4 (hai phần tử kề nhau 2j, 2j+1); trong Q4_0, byte j của một khối chứa "
