@@ -1582,10 +1582,10 @@ def rms_no_gain(x, weight, eps):
     return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-@mutant(ch08.rms_norm, "BF16")
-def rms_in_input_dtype(x, weight, eps):  # right in FP32, squares rounded to BF16 for a BF16 input
-    x = x.to(torch.bfloat16) if x.dtype == torch.bfloat16 else x
-    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1 + 0.05 * (x.dtype == torch.bfloat16))
+@mutant(ch08.rms_norm, "dtype của x")
+def rms_returns_fp32(x, weight, eps):  # right numbers, but a BF16 input comes back as FP32
+    h = x.float()
+    return weight * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
 
 
 @mutant(ch08.apply_rope, "kề nhau")

@@ -50,11 +50,13 @@ def rms_norm(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) ->
     for (x, w, e), a, b in zip(cases, got, want):
         expect(_close(a, b), f"với x {tuple(x.shape)}, eps={e}: sai lệch lớn nhất {float((a.float() - b).abs().max()):.3g}. "
                              "Công thức: x / sqrt(mean(x², chiều cuối) + eps) · weight.")
-    xb = cases[0][0].to(torch.bfloat16)
-    out = call(fn, xb, cases[0][1], cases[0][2], names=["x", "weight", "eps"])
-    expect(isinstance(out, torch.Tensor) and _close(out.float(), D.rms_norm(xb, cases[0][1], cases[0][2]).float(), 2e-2),
-           "với x ở BF16, hãy tính trong FP32 (x.float()) rồi đổi kết quả về dtype của x trước khi nhân weight: "
-           "bình phương của BF16 mất nhiều chữ số.")
+    xb, wb = cases[0][0].to(torch.bfloat16), cases[0][1].to(torch.bfloat16)  # as in a BF16 model
+    out = call(fn, xb, wb, cases[0][2], names=["x", "weight", "eps"])
+    expect(isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16,
+           f"với x ở BF16, kết quả cần ở dtype của x (BF16), nhận {getattr(out, 'dtype', type(out).__name__)}: tính "
+           "trong FP32 (x.float()) rồi đổi về x.dtype (.to(x.dtype)) trước khi nhân weight.")
+    expect(_close(out.float(), D.rms_norm(xb, wb, cases[0][2]).float(), 2e-2),
+           "với x ở BF16, kết quả lệch quá xa: tính trong FP32 (x.float()) rồi đổi về dtype của x.")
 
 
 # ----------------------------------------------------------------------------- RoPE
