@@ -223,9 +223,15 @@ def test_dynamic_int8_linear_and_fbgemm_range_option():
         tensor = Q.DynamicInt8Linear(lin, per_token=False)(x)
     assert token.shape == ref.shape
     assert Q.sqnr_db(ref, token) > Q.sqnr_db(ref, tensor)
-    eight = Q.FbgemmInt8Linear(lin, seven_bit=False)(x)
-    seven = Q.FbgemmInt8Linear(lin, seven_bit=True)(x)
-    assert Q.sqnr_db(ref, eight) > Q.sqnr_db(ref, seven)  # one more bit for the activations: about 6 dB
+    eight = Q.sqnr_db(ref, Q.FbgemmInt8Linear(lin, seven_bit=False)(x))
+    seven = Q.sqnr_db(ref, Q.FbgemmInt8Linear(lin, seven_bit=True)(x))
+    assert seven > 25  # the safe setting is faithful on every CPU
+    if not Q.reduce_range():  # qnnpack ignores the option: 8 bits either way
+        assert abs(eight - seven) < 1e-6
+    elif torch.cpu._is_vnni_supported():  # VNNI accumulates in 32 bits: one more bit, about 6 dB
+        assert eight > seven + 3
+    elif torch.cpu._is_avx2_supported():  # AVX2's u8*s8 pairs saturate 16 bits: why reduce_range exists
+        assert eight < seven - 10
     assert Q.FbgemmInt8Linear(lin).seven_bit == Q.reduce_range()
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
     Q.dynamic_int8_(model, per_token=True, skip=["2"])
