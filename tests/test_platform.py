@@ -109,6 +109,33 @@ def test_llama_cpp_is_built_for_the_cpu(tmp_path):
     assert "-mno-amx-tile" in course.llama_cpp_cmake_args("Linux", amx)
 
 
+def test_unit_tests_use_the_cores_and_timed_notebooks_run_alone(monkeypatch):
+    assert course.xdist_workers(1) == []
+    assert course.xdist_workers(2) == ["-n", "2", "--dist", "loadfile"] and course.xdist_workers(64)[1] == "4"
+    calls = []
+    monkeypatch.setattr(course, "setup", lambda: Path("py"))
+    monkeypatch.setattr(course, "run", lambda cmd, env=None: calls.append([str(c) for c in cmd]))
+    monkeypatch.setattr(course.os, "cpu_count", lambda: 2)
+    course.main(["test"])
+    first, second = calls
+    assert first[5:] == [*course.UNTIMED_NOTEBOOKS, "tests", "-n", "2", "--dist", "loadfile"], first
+    assert "-n" not in second and sorted(first[5:6] + second[5:]) == course.solution_notebooks(), second
+    calls.clear()
+    course.main(["test", "tests/test_quantize.py", "-x"])
+    assert calls == [["py", "-X", "warn_default_encoding", "-m", "pytest", "tests/test_quantize.py", "-x"]]
+
+
+def test_notebooks_run_beside_the_unit_tests_time_nothing():
+    """A notebook in course.UNTIMED_NOTEBOOKS shares the CPU with the unit tests: a timing there
+    would be disturbed, so none may call a timing helper."""
+    timing = re.compile(r"perf_counter|speed_ratio|latency\(|time_pp_tg|interleaved_rates|context_sweep|timeit|step_speeds|"
+                        r"Timer\b|LeanLoop|tokens_per_second|step_profile|Bench")
+    for name in course.UNTIMED_NOTEBOOKS:
+        cells = json.loads((ROOT / name).read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert code and not timing.search(code), (name, timing.search(code))
+
+
 def test_the_venv_python_is_where_each_os_puts_it():
     expected = "Scripts/python.exe" if course.os.name == "nt" else "bin/python"
     assert course.venv_python().as_posix().endswith(".venv/" + expected)
@@ -172,13 +199,13 @@ def test_the_sanitizer_hides_each_platforms_paths(text, expected):
     assert text == expected
 
 
-def test_ci_runs_the_readme_commands_strictly_and_chapter_7_portably():
+def test_ci_runs_the_readme_commands_strictly_and_chapter_4_portably():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "python course.py test" in readme and "python course.py book" in readme
     assert "PYTHONIOENCODING=cp1252 PYTHONUTF8=0 python3 course.py test\n" in ci
     portable = next(line for line in ci.splitlines() if "course.py test-portable" in line)
-    assert "solutions/07_fast.ipynb" in portable
+    assert "solutions/04_quantization.ipynb" in portable
     for word in portable.split()[3:]:
         assert (ROOT / word).exists(), word
     assert "python3 course.py book" in ci and "python3 course.py test-browser" in ci
