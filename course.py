@@ -99,30 +99,24 @@ def pytest_cmd(py: Path) -> list[str | Path]:
     return [py, "-X", "warn_default_encoding", "-m", "pytest"]
 
 
-# Solution notebooks that time nothing (no speed claim to disturb): `test` runs them beside the unit
-# tests; tests/test_platform.py checks that they call no timing helper.
-UNTIMED_NOTEBOOKS = ("solutions/06_llm.ipynb",)
-
-
 def xdist_workers(cores: int | None = None) -> list[str]:
-    """pytest-xdist options for the first phase of ``test``: one worker per core (default: this
-    machine's), at most 4 (each may hold a 540 MB SmolLM2), whole files per worker (a notebook's
-    cells share one kernel); none on one core."""
+    """pytest-xdist options for the unit tests: one worker per core (default: this machine's), at
+    most 4 (each may hold a 540 MB SmolLM2); none on one core. They time nothing, and many are
+    bound by Python or by waiting on a kernel, so they share the cores well."""
     n = min(cores or os.cpu_count() or 1, 4)
-    return ["-n", str(n), "--dist", "loadfile"] if n > 1 else []
+    return ["-n", str(n)] if n > 1 else []
 
 
 def cmd_test(args: argparse.Namespace) -> None:
-    """With arguments: pytest with them. Without: the unit tests and the untimed notebooks side by
-    side on the cores, then the other solution notebooks one at a time (their speed claims need the
-    machine to themselves)."""
+    """With arguments: pytest with them. Without: the unit tests side by side on the cores, then the
+    solution notebooks one at a time (their speed claims need the machine to themselves, and a
+    notebook beside the unit tests took longer than the two one after the other on 2 cores)."""
     py = setup()
     if args.pytest_args:
         run([*pytest_cmd(py), *args.pytest_args], env=test_env())
         return
-    timed = [nb for nb in solution_notebooks() if nb not in UNTIMED_NOTEBOOKS]
-    run([*pytest_cmd(py), *UNTIMED_NOTEBOOKS, "tests", *xdist_workers()], env=test_env())
-    run([*pytest_cmd(py), *timed], env=test_env())
+    run([*pytest_cmd(py), "tests", *xdist_workers()], env=test_env())
+    run([*pytest_cmd(py), *solution_notebooks()], env=test_env())
 
 
 def solution_notebooks() -> list[str]:
