@@ -195,7 +195,7 @@ def test_ci_runs_the_readme_commands_strictly_and_chapter_4_portably():
     assert "PYTHONIOENCODING=cp1252 PYTHONUTF8=0 python3 course.py test\n" in ci
     portable = next(line for line in ci.splitlines() if "course.py test-portable" in line)
     assert "solutions/04_quantization.ipynb" in portable
-    for word in portable.split()[3:]:
+    for word in portable.split(">")[0].split()[3:]:
         assert (ROOT / word).exists(), word
     assert "python3 course.py book" in ci and "python3 course.py test-browser" in ci
 
