@@ -6,6 +6,7 @@ import copy
 import importlib.metadata
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -133,6 +134,22 @@ def test_save_cache_refuses_to_overwrite(tmp_path, tokenizer):
     (tmp_path / "m").mkdir()
     with pytest.raises(FileExistsError):
         llm.save_cache(tiny_llama(), tokenizer, tmp_path / "m", "abc")
+
+
+def test_a_cache_saved_meanwhile_by_another_process_is_kept(tmp_path, tokenizer, monkeypatch):
+    """Two test workers or notebooks converting SmolLM2 at once: the second to finish keeps the first's cache."""
+    other = llm.save_cache(tiny_llama(), tokenizer, tmp_path / "other", "abc")
+    model = tiny_llama()
+    save = model.save_pretrained
+
+    def save_while_another_finishes(folder, **kwargs):
+        save(folder, **kwargs)
+        shutil.copytree(other, tmp_path / "m")  # the other process's rename lands first
+
+    monkeypatch.setattr(model, "save_pretrained", save_while_another_finishes)
+    dest = llm.save_cache(model, tokenizer, tmp_path / "m", "abc")
+    assert dest == tmp_path / "m" and sorted(p.name for p in tmp_path.iterdir()) == ["m", "other"]  # no temporary folder left
+    llm.verify_cache(dest, "abc")
 
 
 def test_a_model_without_llama_layers_is_refused():

@@ -17,11 +17,14 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -93,9 +96,17 @@ def gptq_int4_cached(model: nn.Module, tokenizer, n_windows: int = 16, group_siz
         return {n: Q.QTensor(t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.zero"], 4, group_size) for n in names}
     qts = gptq_int4(model, calibration_windows(tokenizer, n_windows), group_size, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({f"{n}.{f}": getattr(qt, f).contiguous() for n, qt in qts.items() for f in ("q", "scale", "zero")}, str(tmp))
-    tmp.replace(path)  # whole or absent, even if the run is interrupted
+    fd, name = tempfile.mkstemp(suffix=".tmp", dir=path.parent)  # one per process: two may compute at once
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        save_file({f"{n}.{f}": getattr(qt, f).contiguous() for n, qt in qts.items() for f in ("q", "scale", "zero")}, str(tmp))
+        tmp.replace(path)  # whole or absent, even if the run is interrupted
+    except OSError:
+        if not path.exists():  # Windows refuses to replace a file another process has open: keep that one
+            raise
+    finally:
+        tmp.unlink(missing_ok=True)
     return qts
 
 

@@ -120,7 +120,9 @@ def save_cache(model: nn.Module, tokenizer: object, dest: str | os.PathLike, sou
     """Save ``model`` (safetensors) and ``tokenizer`` to ``dest`` with a manifest of SHA-256s.
 
     Everything is written to a temporary folder beside ``dest`` first and renamed at the end, so an
-    interrupted save leaves no half-written cache. Refuses to overwrite an existing ``dest``."""
+    interrupted save leaves no half-written cache. Refuses to overwrite an existing ``dest``; if
+    another process (a second notebook or test worker converting at the same time) saved ``dest``
+    while this one was writing, its cache is kept and this copy is dropped."""
     dest = Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists: delete it to rebuild the cache")
@@ -133,7 +135,12 @@ def save_cache(model: nn.Module, tokenizer: object, dest: str | os.PathLike, sou
         if "model.safetensors" not in files:
             raise RuntimeError(f"saving the model wrote no model.safetensors (files: {sorted(files)})")
         (tmp / MANIFEST).write_text(json.dumps({"source_sha256": source_sha256, "files": files}, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest / MANIFEST).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: load_cached verifies its copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
