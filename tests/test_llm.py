@@ -83,6 +83,21 @@ def test_a_wrong_gguf_leaves_no_cache(monkeypatch, tmp_path):
     assert not cache.exists()
 
 
+def test_a_conversion_finished_meanwhile_by_another_process_is_loaded(monkeypatch, tmp_path, tokenizer):
+    """Two test workers load SmolLM2 for the first time at once: the one that finishes second loads the
+    other's verified cache instead of failing on it."""
+    cache = tmp_path / "cache" / "smollm2-135m"
+
+    def read_while_another_converts(path):
+        llm.save_cache(tiny_llama(), tokenizer, cache, llm.GGUF_SHA256)  # the other process
+        return tiny_llama(), tokenizer
+
+    monkeypatch.setattr(llm, "verify_gguf", lambda: tmp_path / "x.gguf")
+    monkeypatch.setattr(llm, "read_gguf", read_while_another_converts)
+    model, _ = llm.load_smollm2(cache, verbose=False)
+    assert isinstance(model, nn.Module) and sorted(p.name for p in cache.parent.iterdir()) == ["smollm2-135m"]
+
+
 # ----------------------------------------------------------------------------- the cache
 def test_cache_round_trip_gives_the_same_logits(tmp_path, tokenizer):
     model = tiny_llama()

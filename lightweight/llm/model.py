@@ -205,7 +205,10 @@ def load_smollm2(cache: str | os.PathLike | None = None, verbose: bool = True) -
         source = verify_gguf()
         model, tokenizer = read_gguf(source)
         check_llama_layout(model)
-        save_cache(model, tokenizer, folder, GGUF_SHA256)
+        try:
+            save_cache(model, tokenizer, folder, GGUF_SHA256)
+        except FileExistsError:
+            pass  # another process (a test worker, a second notebook) converted it meanwhile: verified below
         if verbose:
             print(f"converted {source.name} in {time.perf_counter() - start:.0f} s")
     model, tokenizer = load_cached(folder)
