@@ -186,23 +186,3 @@ def test_real_smollm2_greedy_tokens_and_bf16_logits():
         got = bf16(prompt, torch.arange(prompt.shape[1]))
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert got.argmax() == ref.argmax()
-
-
-def test_real_smollm2_gptq_integers_are_computed_once_and_read_back_the_same():
-    """Chapters 7 and 8 share these integers through the cache (in a fresh checkout this test computes
-    them, beside the other unit tests, so that the notebooks read them)."""
-    from lightweight.llm.model import cache_dir, load_smollm2
-
-    model, tok = load_smollm2(verbose=False)
-    first = fast.gptq_int4_cached(model, tok, 16, group_size=32, progress=False)
-    files = list((cache_dir().parent / "smollm2-135m-gptq").glob("gptq-int4-g32-w16-*.safetensors"))
-    assert len(files) == 1, files  # the settings are in the name
-    again = fast.gptq_int4_cached(model, tok, 16, group_size=32, progress=False)
-    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}
-    assert set(first) == set(again) == linears
-    for name, qt in again.items():
-        assert torch.equal(qt.q, first[name].q) and torch.equal(qt.scale, first[name].scale), name
-        assert qt.bits == 4 and qt.group_size == 32 and bool((qt.zero == 0).all()) and int(qt.q.abs().max()) <= 8
-        w = model.get_submodule(name).weight
-        # a 4-bit copy of this weight, not noise (GPTQ trades some weight error for less output error)
-        assert float((qt.dequantize() - w).norm() / w.norm()) < 0.4, name
