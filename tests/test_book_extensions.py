@@ -126,3 +126,17 @@ def test_every_chapter_opens_with_its_learning_objectives():
         assert match, f"{path.name}: the page must open with a 'Mục tiêu học tập' box (class learning-objectives)"
         items = [line for line in match.group(1).splitlines() if line.startswith("- ")]
         assert 3 <= len(items) <= 6, f"{path.name}: {len(items)} objectives (3 to 6 expected)"
+
+
+def test_no_page_holds_a_control_character():
+    """Pages and notebooks hold no control character. A backslash lost in an edit turns ``\\varepsilon`` into a
+    vertical tab plus ``arepsilon``: MathJax then fails in the reader's browser, long after the build passed.
+    Tabs, newlines and carriage returns are allowed."""
+    pages = sorted((ROOT / "book").glob("*.md")) + [ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    bad = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+    texts = {p.name: p.read_text(encoding="utf-8") for p in pages}
+    for nb in sorted((ROOT / "solutions").glob("*.ipynb")):
+        texts[nb.name] = "\n".join(cell.source for cell in nbformat.read(nb, as_version=4).cells)
+    found = [f"{name}:{n}: {line.strip()[:60]!r}" for name, text in texts.items()
+             for n, line in enumerate(text.split("\n"), 1) if bad.search(line)]
+    assert not found, "control characters in the book's sources:\n" + "\n".join(found)
