@@ -102,11 +102,9 @@ def pytest_cmd(py: Path) -> list[str | Path]:
 def xdist_workers(cores: int | None = None) -> list[str]:
     """pytest-xdist options for the unit tests: one worker per core (default: this machine's), at
     most 4 (each may hold a 540 MB SmolLM2); none on one core. They time nothing, and many are
-    bound by Python or by waiting on a kernel, so they share the cores well. A worker that runs out
-    of tests takes some from the others (worksteal), and tests/conftest.py hands out the longest
-    files first, so that no worker is left finishing a long test alone."""
+    bound by Python or by waiting on a kernel, so they share the cores well."""
     n = min(cores or os.cpu_count() or 1, 4)
-    return ["-n", str(n), "--dist", "worksteal"] if n > 1 else []
+    return ["-n", str(n)] if n > 1 else []
 
 
 def cmd_test(args: argparse.Namespace) -> None:
