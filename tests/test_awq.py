@@ -79,6 +79,35 @@ def test_the_scale_search_starts_at_round_to_nearest_and_keeps_the_smallest_erro
     assert s.shape == (64,) and bool((s > 0).all())
 
 
+def test_the_module_search_measures_the_whole_attention_and_restores_the_weights():
+    model = tiny_llama(layers=1)
+    _randomise_gains_(model)
+    block = model.model.layers[0]
+    attn = block.self_attn
+    layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+    calls, remove = A.record_calls({"self_attn": attn}, 1)
+    try:
+        stats = A.collect_act_stats(block, lambda: model.model(ids(16, batch=2), use_cache=False), ["self_attn.q_proj"])
+    finally:
+        remove()
+    args, kwargs = calls["self_attn"][0]
+    before = [lin.weight.detach().clone() for lin in layers]
+    s, alpha, errors = A.search_scale_on_module(attn, calls["self_attn"], layers, stats["self_attn.q_proj"], 3, 16, n_grid=8)
+    assert all(torch.equal(lin.weight, w) for lin, w in zip(layers, before))  # restored
+    with torch.no_grad():
+        ref = attn(*args, **kwargs)[0]
+        rtn = copy.deepcopy(attn)
+        for lin in (rtn.q_proj, rtn.k_proj, rtn.v_proj):
+            lin.weight.copy_(Q.fake_quantize(lin.weight, 3, 16, symmetric=False))
+        err_rtn = float((rtn(*args, **kwargs)[0] - ref).double().pow(2).sum())
+    assert len(errors) == 9 and errors[0] == pytest.approx(err_rtn, rel=1e-6)  # alpha = 0: RTN, measured after o_proj
+    assert min(errors) == errors[round(alpha * 8)] and s.shape == (32,)
+    with pytest.raises(ValueError, match="no recorded inputs"):
+        A.search_scale_on_module(attn, [], layers, stats["self_attn.q_proj"], 3, 16)
+    with pytest.raises(ValueError, match="loss must be"):
+        A.awq_block_(block, lambda: None, 3, 16, loss="block")
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_clipping_is_never_worse_than_the_full_range(symmetric):
     g = torch.Generator().manual_seed(1)
@@ -133,8 +162,8 @@ def _block_inputs(model: nn.Module, index: int, windows: torch.Tensor) -> tuple[
     return caught[0]
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_awq_beats_round_to_nearest_on_real_smollm2_blocks(symmetric):
+@pytest.mark.parametrize("symmetric,loss", [(True, "layers"), (False, "layers"), (False, "module")])
+def test_awq_beats_round_to_nearest_on_real_smollm2_blocks(symmetric, loss):
     from lightweight.llm.evaluation import calibration_windows
 
     model, tok = llm.load_smollm2(verbose=False)
@@ -151,7 +180,7 @@ def test_awq_beats_round_to_nearest_on_real_smollm2_blocks(symmetric):
         for lin in [m for m in rtn.modules() if isinstance(m, nn.Linear)]:
             lin.weight.copy_(Q.fake_quantize(lin.weight, 3, 64, symmetric))
         awq = copy.deepcopy(block)
-        A.awq_block_(awq, lambda: out(awq), 3, 64, symmetric)
+        A.awq_block_(awq, lambda: out(awq), 3, 64, symmetric, loss=loss)
         err = {name: float((out(b) - ref).pow(2).sum()) for name, b in (("rtn", rtn), ("awq", awq))}
     assert err["awq"] < 0.7 * err["rtn"]
 

@@ -106,11 +106,14 @@ def to_markdown(rows: list[dict], measured_on: str | None = None) -> str:
 
 def sync_results(rows: list[dict], measured_on: str, path: Path = RESULTS_PATH, chapter: str = "llm") -> None:
     """Put ``rows`` in place of the ``chapter`` rows of the course's results file (the one chapter 5's
-    advisor reads) and rewrite its Markdown table, so both files always hold the same measurements."""
+    advisor reads), where that chapter's rows were (at the end if it had none), and rewrite its Markdown
+    table, so both files always hold the same measurements in the chapters' order."""
     if not path.exists():
         return
     data = json.loads(path.read_text(encoding="utf-8"))
-    data["rows"] = [r for r in data["rows"] if r["chapter"] != chapter] + rows
+    at = next((i for i, r in enumerate(data["rows"]) if r["chapter"] == chapter), len(data["rows"]))
+    rest = [r for r in data["rows"] if r["chapter"] != chapter]
+    data["rows"] = rest[:at] + rows + rest[at:]
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(to_markdown(data["rows"], data["machine"]), encoding="utf-8")
     if measured_on != data["machine"]:

@@ -69,6 +69,10 @@ COMPARISONS = (
     ("int3-awq-paper-sym-g64", "int3-rtn-g64", "AWQ như bài báo so với RTN, INT3 nhóm 64 đối xứng"),
     ("int3-awq-paper-g64", "int3-rtn-asym-g64", "AWQ như bài báo so với RTN, INT3 nhóm 64 có điểm không"),
     ("int3-awq-paper-sym-g64", "int3-awq-g64", "AWQ như bài báo so với AWQ từng lớp, INT3 đối xứng"),
+    ("int3-awq-paper-out-sym-g64", "int3-rtn-g64", "AWQ dò trên đầu ra khối con so với RTN, INT3 nhóm 64 đối xứng"),
+    ("int3-awq-paper-out-g64", "int3-rtn-asym-g64", "AWQ dò trên đầu ra khối con so với RTN, INT3 nhóm 64 có điểm không"),
+    ("int3-awq-paper-out-sym-g64", "int3-awq-paper-sym-g64", "AWQ: dò trên đầu ra khối con so với đầu ra từng lớp, INT3 đối xứng"),
+    ("int3-awq-paper-out-g64", "int3-awq-paper-g64", "AWQ: dò trên đầu ra khối con so với đầu ra từng lớp, INT3 có điểm không"),
     ("int3-awq-paper-g64", "int3-gptq-asym-clip-g64", "AWQ như bài báo so với GPTQ, INT3 có điểm không"),
     ("int3-awq-paper-gptq-g64", "int3-gptq-asym-clip-g64", "AWQ rồi GPTQ so với chỉ GPTQ, INT3 có điểm không"),
     ("int4-awq-paper-g64", "int4-gptq-asym-clip-g64", "AWQ như bài báo so với GPTQ, INT4 nhóm 64 có điểm không"),
@@ -145,6 +149,9 @@ def configurations(fp32: nn.Module, tok, cal: torch.Tensor) -> Iterator[tuple[st
             dict(bits=bits, group_size=64)
     yield "int3-awq-paper-sym-g64", blockwise(lambda blk, r: A.awq_block_(blk, r, 3, 64, symmetric=True)), "calibration", \
         dict(bits=3, group_size=64)
+    for symmetric, tag in ((False, ""), (True, "-sym")):  # the scales of q/k/v and gate/up searched on the module output
+        yield f"int3-awq-paper-out{tag}-g64", blockwise(lambda blk, r, s=symmetric: A.awq_block_(
+            blk, r, 3, 64, symmetric=s, loss="module")), "calibration", dict(bits=3, group_size=64)
     yield "int3-rtn-asym-g64", q(lambda m: _rtn_(m, 3, 64, symmetric=False)), "none", dict(bits=3, group_size=64)
     yield "int3-gptq-asym-clip-g64", blockwise(lambda blk, r: Q.gptq_(blk, r, 3, 64, act_order=True, symmetric=False,
                                                                       shrink=CLIP_GRID)), "calibration", dict(bits=3, group_size=64)
@@ -377,7 +384,8 @@ def _stored(method: str, model: nn.Module, fp32: nn.Module, int8_bytes: int) -> 
 
 
 def _write(out: Path, rows: list[dict], windows: dict) -> None:
-    out.write_text(json.dumps({"machine": describe(), "rows": rows}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.write_text(json.dumps({"machine": windows["machine"], "rows": rows}, indent=1, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
     out.with_name(WINDOWS_PATH.name).write_text(json.dumps(windows, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -386,7 +394,8 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
     """``(rows, windows)``: all rows (or those of the methods in ``only``, with the rows in ``keep`` and
     the per-window data in ``keep_windows`` of the other methods kept as they were) and the per-window
     NLL of every method (see :func:`compare`); with ``out``, both files are rewritten after each
-    configuration."""
+    configuration. When the kept data comes from another machine, its FP32 reference is kept (every kept
+    row was compared with it) and the files' machine line names both machines and the rows measured here."""
     fp32, tok = load_smollm2()
     fp32.requires_grad_(False)
     ev = Evaluator(fp32, tok)
@@ -395,10 +404,14 @@ def llm_bench(out: Path | None = None, only: set[str] | None = None, keep: list[
     first = next(iter(ev.windows.values()))
     windows = {"windows": len(first), "tokens_per_window": first.shape[1] - 1, "machine": describe(),
                "nll": {"fp32-reference": {d: _rounded(ev.reference[d].window_nll) for d in DOMAINS}}}
+    measured = {"fp32-reference": _rows("fp32-reference", ev, ev.reference, 1.0, 0.0, "none")}
     if keep_windows is not None and (keep_windows["windows"], keep_windows["tokens_per_window"]) == \
             (windows["windows"], windows["tokens_per_window"]):
-        windows["nll"] = {**keep_windows["nll"], **windows["nll"]}
-    measured = {"fp32-reference": _rows("fp32-reference", ev, ev.reference, 1.0, 0.0, "none")}
+        other = keep_windows.get("machine") != windows["machine"] and "fp32-reference" in keep_windows["nll"]
+        windows["nll"] = {**windows["nll"], **keep_windows["nll"]} if other else {**keep_windows["nll"], **windows["nll"]}
+        if other:
+            measured.pop("fp32-reference")
+            windows["machine"] = f"{keep_windows['machine']}; the rows {', '.join(sorted(only or ()))}: {windows['machine']}"
     configs = list(configurations(fp32, tok, cal))
     unknown = set(only or ()) - {c[0] for c in configs}
     if unknown:
@@ -580,9 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         keep = json.loads(args.json.read_text(encoding="utf-8"))["rows"]
         keep_windows = json.loads(windows_path.read_text(encoding="utf-8"))
     rows, windows = llm_bench(args.json, set(args.only) if args.only else None, keep, keep_windows)
-    args.markdown.write_text(_markdown(rows, windows), encoding="utf-8")
+    args.markdown.write_text(_markdown(rows, windows, windows["machine"]), encoding="utf-8")
     if args.json == RESULT_PATH:
-        sync_results(rows, describe())
+        sync_results(rows, windows["machine"])
     return 0
 
 

@@ -8,8 +8,14 @@ layer, a scale vector kept beside each layer). The paper goes further, and this 
    v_proj (only when v_proj's outputs are o_proj's inputs one to one; with grouped-query attention
    they are not, and, as the reference code does, that pair is left unscaled).
 2. **Search.** For ``alpha`` in ``{0, 1/20, ..., 1}``, ``s = m^alpha`` (``m``: mean ``|x|`` of each input
-   channel), the group's weights ``W diag(s)`` are quantized and the error of the group's outputs
-   ``Σ ||(W − Q(W diag(s)) diag(s)^-1) X||²`` is measured exactly from ``H = X Xᵀ``; the best ``alpha`` wins.
+   channel), the group's weights ``W diag(s)`` are quantized, and the ``alpha`` with the smallest error
+   wins. Two errors are offered (``loss``): ``"layers"``, the error of the group's own outputs
+   ``Σ ||(W − Q(W diag(s)) diag(s)^-1) X||²``, exact and cheap from ``H = X Xᵀ``; and ``"module"``, as the
+   reference code: the error of the output of the module the group feeds (the whole attention for
+   q/k/v, the whole MLP for gate/up; the other layers of that module unquantized), measured by running
+   the module on the first :data:`MODULE_BATCHES` calibration batches. The second sees what the first
+   cannot: an error in q or k passes through the softmax, one in gate or up through the SiLU gate and
+   down_proj. o_proj and down_proj have no larger module: their error is the layer's own.
 3. **Folding.** ``1/s`` goes into the previous operation (the RMSNorm's gain, or the rows of the
    previous Linear), ``s`` into the group's columns: the FP32 model computes the same function, keeps
    its shape, and stores no extra vector.
@@ -37,6 +43,9 @@ ALPHA_GRID = 20  # alphas 0, 0.05, ..., 1
 CLIP_GRID = 20  # clipping factors 1 - i / 20
 MAX_SHRINK = 0.5  # ... down to 0.55
 NO_CLIP = ("q_proj", "k_proj")
+LOSSES = ("layers", "module")
+MODULE_OF = {"input_layernorm": "self_attn", "post_attention_layernorm": "mlp"}  # group (by prev) -> module it feeds
+MODULE_BATCHES = 2  # calibration batches kept for the "module" loss (2 x 4 windows of 512 tokens in the bench)
 
 
 class ActStats:
@@ -123,9 +132,21 @@ def fold_scales_(prev: nn.Module, layers: Sequence[nn.Linear], s: torch.Tensor) 
 
 
 # ----------------------------------------------------------------------------- search
+def _scales(m: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``s = m^alpha`` ``(in,)``, centred around 1 as the reference code (float64)."""
+    s = m**alpha
+    return s / (s.max() * s.min()).sqrt()
+
+
+def _scaled_rtn(w: torch.Tensor, s: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
+    """``Q(W diag(s)) diag(s)^-1`` ``(out, in)`` in float64: what the layer computes once ``s`` is folded."""
+    return quantize_tensor((w.double() * s).float(), bits, group_size, symmetric).dequantize().double() / s
+
+
 def search_scale(weights: Sequence[torch.Tensor], stats: ActStats, bits: int, group_size: int,
                  symmetric: bool = False, n_grid: int = ALPHA_GRID) -> tuple[torch.Tensor, float, list[float]]:
-    """The AWQ scale of a group of weights ``(out_i, in)`` that read the same inputs.
+    """The AWQ scale of a group of weights ``(out_i, in)`` that read the same inputs, by the error of the
+    group's own outputs (``loss="layers"``).
 
     Returns ``s`` ``(in,)``, the chosen ``alpha`` and the group's output error for every alpha of the grid
     (``alpha = 0`` is plain round-to-nearest)."""
@@ -135,14 +156,72 @@ def search_scale(weights: Sequence[torch.Tensor], stats: ActStats, bits: int, gr
     errors, best = [], None
     for i in range(n_grid + 1):
         alpha = i / n_grid
-        s = m**alpha
-        s = s / (s.max() * s.min()).sqrt()  # centred around 1, as the reference code
-        err = sum(output_error(w, quantize_tensor((w.double() * s).float(), bits, group_size, symmetric)
-                               .dequantize().double() / s, stats.H) for w in weights)
+        s = _scales(m, alpha)
+        err = sum(output_error(w, _scaled_rtn(w, s, bits, group_size, symmetric), stats.H) for w in weights)
         errors.append(err)
         if best is None or err < best[0]:
             best = (err, s.float(), alpha)
     return best[1], best[2], errors
+
+
+def _first(y: object) -> torch.Tensor:
+    return y[0] if isinstance(y, tuple) else y
+
+
+@torch.no_grad()
+def search_scale_on_module(module: nn.Module, calls: Sequence[tuple[tuple, dict]], layers: Sequence[nn.Linear],
+                           stats: ActStats, bits: int, group_size: int, symmetric: bool = False,
+                           n_grid: int = ALPHA_GRID) -> tuple[torch.Tensor, float, list[float]]:
+    """The AWQ scale of ``layers`` (inside ``module``, reading the same inputs) by the error of ``module``'s
+    output (``loss="module"``): ``Σ ||module(x) − module_s(x)||²`` over the recorded ``calls`` (positional and
+    keyword arguments of ``module``), where ``module_s`` has each layer's weight replaced by
+    ``Q(W diag(s)) diag(s)^-1`` and every other layer as it is. The weights are restored afterwards.
+    Returns like :func:`search_scale`."""
+    if n_grid < 1:
+        raise ValueError(f"n_grid must be >= 1, got {n_grid}")
+    if not calls:
+        raise ValueError("no recorded inputs of the module: the calibration run did not reach it")
+
+    def outputs() -> list[torch.Tensor]:
+        return [_first(module(*args, **kwargs)) for args, kwargs in calls]
+
+    ref = outputs()
+    original = [lin.weight.detach().clone() for lin in layers]
+    m = stats.mean_abs.double().clamp_min(1e-8)
+    errors, best = [], None
+    try:
+        for i in range(n_grid + 1):
+            alpha = i / n_grid
+            s = _scales(m, alpha)
+            for lin, w in zip(layers, original):
+                lin.weight.copy_(_scaled_rtn(w, s, bits, group_size, symmetric).float())
+            err = sum(float((y - r).double().pow(2).sum()) for y, r in zip(outputs(), ref))
+            errors.append(err)
+            if best is None or err < best[0]:
+                best = (err, s.float(), alpha)
+    finally:
+        for lin, w in zip(layers, original):
+            lin.weight.copy_(w)
+    return best[1], best[2], errors
+
+
+def record_calls(modules: dict[str, nn.Module], max_calls: int) -> tuple[dict[str, list[tuple[tuple, dict]]], Callable[[], None]]:
+    """Hooks that keep the arguments of the first ``max_calls`` calls of each module: ``(calls, remove)``."""
+    calls: dict[str, list[tuple[tuple, dict]]] = {n: [] for n in modules}
+
+    def keeper(name: str):
+        def hook(module, args, kwargs):
+            if len(calls[name]) < max_calls:
+                calls[name].append((tuple(a.detach().clone() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+        return hook
+
+    handles = [m.register_forward_pre_hook(keeper(n), with_kwargs=True) for n, m in modules.items()]
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+
+    return calls, remove
 
 
 @torch.no_grad()
@@ -186,22 +265,35 @@ def clip_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
 
 @torch.no_grad()
 def awq_block_(block: nn.Module, run: Callable[[], object], bits: int = 4, group_size: int = 64,
-               symmetric: bool = False, clip: bool = True, n_grid: int = ALPHA_GRID,
+               symmetric: bool = False, clip: bool = True, n_grid: int = ALPHA_GRID, loss: str = "layers",
                quantize: Callable[[str, nn.Linear, ActStats], QTensor] | None = None) -> dict[str, float]:
-    """AWQ on one Llama decoder ``block``, in place: scales searched per group, folded, then every Linear
-    quantized (clipping search when ``clip``) and replaced by a :class:`QuantizedLinear`.
+    """AWQ on one Llama decoder ``block``, in place: scales searched per group (by ``loss``, see the module
+    docstring), folded, then every Linear quantized (clipping search when ``clip``) and replaced by a
+    :class:`QuantizedLinear`.
 
     ``run()`` pushes the calibration inputs through the block (see
     :func:`lightweight.llm.model.compress_blockwise_`). ``quantize(name, linear, stats)``, when given,
     replaces the last step (e.g. GPTQ on the scaled weights with the scaled statistics). Returns the
     chosen ``alpha`` of each group, keyed by its previous operation."""
     _check_bits(bits)
-    stats = collect_act_stats(block, run, [n for n, m in block.named_modules() if isinstance(m, nn.Linear)])
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    modules = {n: block.get_submodule(n) for n in MODULE_OF.values()} if loss == "module" else {}
+    calls, remove = record_calls(modules, MODULE_BATCHES)
+    try:
+        stats = collect_act_stats(block, run, [n for n, m in block.named_modules() if isinstance(m, nn.Linear)])
+    finally:
+        remove()
     alphas = {}
     for g in scale_groups(block):
         layers = [block.get_submodule(n) for n in g.layers]
-        s, alphas[g.prev], _ = search_scale([lin.weight for lin in layers], stats[g.layers[0]], bits, group_size,
-                                            symmetric, n_grid)
+        inspect = MODULE_OF.get(g.prev) if loss == "module" else None
+        if inspect:
+            s, alphas[g.prev], _ = search_scale_on_module(modules[inspect], calls[inspect], layers, stats[g.layers[0]],
+                                                          bits, group_size, symmetric, n_grid)
+        else:
+            s, alphas[g.prev], _ = search_scale([lin.weight for lin in layers], stats[g.layers[0]], bits, group_size,
+                                                symmetric, n_grid)
         fold_scales_(block.get_submodule(g.prev), layers, s)
         for n in g.layers:
             stats[n].rescale_(s)
